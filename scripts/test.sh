@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Run the checks: ruff (lint + format), mypy on service/ and export/, then pytest.
+# Default: the fast suites. With CI=true (or --all) also the slow, docker and browser suites.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+"$ROOT/scripts/setup.sh"
+PY=.venv/bin/python
+echo "==> ruff"
+$PY -m ruff check .
+$PY -m ruff format --check .
+echo "==> mypy service export"
+$PY -m mypy service export
+MARKERS="not slow and not docker and not browser"
+if [ "${CI:-}" = "true" ] || [ "${1:-}" = "--all" ]; then
+  MARKERS="${POLYNL_CI_MARKERS:-not browser or browser}"
+  [ "${1:-}" = "--all" ] && shift
+fi
+echo "==> pytest -m \"$MARKERS\""
+# pytest exits 5 when nothing was collected: that is a failure here too.
+exec $PY -m pytest -m "$MARKERS" "$@"

@@ -1,0 +1,86 @@
+"""Image -> input tensor, written once for every consumer.
+
+The service, the export's parity checks, the evaluation code and the tests all call these
+functions, driven by the ``preprocess`` section of a model's ``config.json``
+(:class:`service.repository.Preprocess`). Input images are already decoded, EXIF-rotated
+and converted to RGB (see ``service/images.py``). NumPy and Pillow only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from service.repository import Preprocess
+
+
+def normalize(rgb: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """HWC uint8 RGB -> CHW float32 ``(x / 255 - mean) / std``."""
+    mean = np.asarray(preprocess.mean, dtype=np.float32)
+    std = np.asarray(preprocess.std, dtype=np.float32)
+    chw = (rgb.astype(np.float32) / 255.0 - mean) / std
+    return np.ascontiguousarray(chw.transpose(2, 0, 1))
+
+
+def classifier_input(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
+    """Shorter side to the model size, centre crop, normalise: (3, H, W) float32."""
+    if preprocess.size is None:
+        raise ValueError("classifier preprocessing needs a fixed size")
+    target_h, target_w = preprocess.size
+    width, height = image.size
+    scale = max(target_w / width, target_h / height)
+    new_w = max(target_w, round(width * scale))
+    new_h = max(target_h, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left = (new_w - target_w) // 2
+    top = (new_h - target_h) // 2
+    image = image.crop((left, top, left + target_w, top + target_h))
+    return normalize(np.asarray(image, dtype=np.uint8), preprocess)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an original image sits inside its size bucket."""
+
+    tensor: np.ndarray  # (3, bucket_h, bucket_w) float32
+    scale: float  # bucket pixels per original pixel
+    original_size: tuple[int, int]  # (width, height)
+    bucket: tuple[int, int]  # (height, width)
+
+
+def choose_bucket(width: int, height: int, buckets: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The smallest bucket that holds the image unscaled, else the one keeping the most pixels.
+
+    Buckets are (height, width). Ties go to the smaller bucket (less padding, less compute).
+    """
+    if not buckets:
+        raise ValueError("no size buckets configured")
+
+    def kept_scale(bucket: tuple[int, int]) -> float:
+        return min(1.0, bucket[0] / height, bucket[1] / width)
+
+    return max(buckets, key=lambda b: (kept_scale(b), -b[0] * b[1]))
+
+
+def letterbox(image: Image.Image, bucket: tuple[int, int], preprocess: Preprocess) -> Letterbox:
+    """Scale to fit the bucket (aspect kept, never upscaled), paste top-left, pad, normalise.
+
+    A point (x, y) in the bucket maps to (x / scale, y / scale) in the original image.
+    """
+    bucket_h, bucket_w = bucket
+    width, height = image.size
+    scale = min(1.0, bucket_h / height, bucket_w / width)
+    new_w = min(bucket_w, max(1, round(width * scale)))
+    new_h = min(bucket_h, max(1, round(height * scale)))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    tensor = np.full((3, bucket_h, bucket_w), preprocess.pad_value, dtype=np.float32)
+    tensor[:, :new_h, :new_w] = normalize(np.asarray(image, dtype=np.uint8), preprocess)
+    # The exact scale actually applied on each axis can differ by rounding; use the x/y mean
+    # of the realised scales so the mapping back is exact to within a fraction of a pixel.
+    realised = ((new_w / width) + (new_h / height)) / 2.0
+    return Letterbox(tensor=tensor, scale=realised, original_size=(width, height), bucket=bucket)
