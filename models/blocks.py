@@ -122,10 +122,7 @@ class NonLocal(nn.Module):
         phi = self.phi(x).flatten(2)  # (B, C', N)
         g = self.g(x).flatten(2).transpose(1, 2)  # (B, N, C')
         affinity = torch.bmm(theta, phi)  # (B, N, N): the quadratic part
-        if self.mode == "embedded_gaussian":
-            affinity = affinity.softmax(dim=-1)
-        else:
-            affinity = affinity / (h * w)
+        affinity = affinity.softmax(dim=-1) if self.mode == "embedded_gaussian" else affinity / (h * w)
         y = torch.bmm(affinity, g).transpose(1, 2).reshape(b, self.inner_channels, h, w)
         return x + self.bn(self.out(y))
 

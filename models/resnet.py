@@ -209,9 +209,7 @@ def cifar_resnet(depth: int = 20, num_classes: int = 10, block: str = "polynl", 
     n = (depth - 2) // 6
     kwargs.setdefault("block_positions", [f"layer2.{n - 1}", f"layer3.{n - 1}"])
     kwargs.setdefault("width", 16)
-    return ResNet(
-        ResNetConfig(depth=depth, stem="cifar", num_classes=num_classes, block=block, **kwargs)
-    )
+    return ResNet(ResNetConfig(depth=depth, stem="cifar", num_classes=num_classes, block=block, **kwargs))
 
 
 class StateDictMismatch(ValueError):
@@ -232,7 +230,9 @@ def load_plain_resnet_state_dict(model: ResNet, state_dict: dict[str, torch.Tens
     own = model.state_dict()
     unexpected = sorted(set(cleaned) - set(own))
     if unexpected:
-        raise StateDictMismatch(f"keys not in this architecture: {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+        raise StateDictMismatch(
+            f"keys not in this architecture: {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+        )
     missing = sorted(set(own) - set(cleaned))
     not_context = [k for k in missing if not k.startswith("context_blocks.")]
     if not_context:

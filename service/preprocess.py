@@ -8,8 +8,8 @@ and converted to RGB (see ``service/images.py``). NumPy and Pillow only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 CONFIG_FILE = "config.json"
-CONFIG_FORMAT = "polynl-model-config/1"
+CONFIG_FORMAT: Literal["polynl-model-config/1"] = "polynl-model-config/1"
 
 
 class RepositoryError(RuntimeError):

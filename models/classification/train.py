@@ -34,8 +34,11 @@ CIFAR_STD = [0.2470, 0.2435, 0.2616]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m models.train classifier", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m models.train classifier",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", type=Path, help="JSON file with any of the options below (CLI wins)")
     p.add_argument("--data", type=Path, help="training ImageFolder tree or .tar.gz")
     p.add_argument("--val", type=Path, help="validation ImageFolder tree or .tar.gz")
@@ -45,7 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stem", choices=["cifar", "imagenet"], default="cifar")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--block", choices=["none", "nonlocal", "polynl"], default="polynl")
-    p.add_argument("--block-positions", nargs="*", help="e.g. layer2.2 layer3.2 (default: last block of the later stages)")
+    p.add_argument(
+        "--block-positions",
+        nargs="*",
+        help="e.g. layer2.2 layer3.2 (default: last block of the later stages)",
+    )
     p.add_argument("--size", type=int, default=32, help="square input size")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
@@ -59,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (tests)")
+    p.add_argument(
+        "--finalize",
+        action="store_true",
+        help="write the final checkpoint from OUT/last.pt now, without training (snapshot)",
+    )
     args = p.parse_args(argv)
     if args.config:
         defaults = json.loads(args.config.read_text())
@@ -83,8 +95,14 @@ def model_config(args: argparse.Namespace, num_classes: int) -> ResNetConfig:
         else:
             positions = ["layer3.5"] if args.depth >= 50 else ["layer3.1"]
     width = args.width if args.stem == "cifar" else 64
-    return ResNetConfig(depth=args.depth, stem=args.stem, num_classes=num_classes, block=args.block,
-                        block_positions=positions, width=width)
+    return ResNetConfig(
+        depth=args.depth,
+        stem=args.stem,
+        num_classes=num_classes,
+        block=args.block,
+        block_positions=positions,
+        width=width,
+    )
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -95,7 +113,9 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500
+) -> dict[str, float]:
     model.eval()
     top1 = top5 = 0
     for i in range(0, len(images), batch):
@@ -118,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     train_set = load_image_set(args.data, size, cache_dir=args.out / "cache")
     val_set = load_image_set(args.val, size, args.out / "cache", train_set.classes) if args.val else None
-    log.info("train: %d images, %d classes %s", len(train_set.labels), len(train_set.classes), train_set.classes)
+    log.info(
+        "train: %d images, %d classes %s", len(train_set.labels), len(train_set.classes), train_set.classes
+    )
     train_x = to_normalised_tensor(train_set.images, args.mean, args.std)
     train_y = torch.from_numpy(train_set.labels)
     val_x = to_normalised_tensor(val_set.images, args.mean, args.std) if val_set else None
@@ -130,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, momentum=0.9, nesterov=True,
+        lr=args.lr,
+        momentum=0.9,
+        nesterov=True,
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     steps_per_epoch = len(train_y) // args.batch_size
@@ -149,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("resumed from %s at epoch %d", resume, start_epoch)
 
     step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, 0 if args.finalize else args.epochs):
         model.train()
         began = time.time()
         order = torch.randperm(len(train_y), generator=generator)
@@ -168,20 +192,38 @@ def main(argv: list[str] | None = None) -> int:
             running += loss.item() * len(index)
             seen += len(index)
             if i % 50 == 0:
-                log.info("epoch %d/%d step %d/%d loss %.4f lr %.4f", epoch + 1, args.epochs, i,
-                         steps_per_epoch, running / seen, optimizer.param_groups[0]["lr"])
+                log.info(
+                    "epoch %d/%d step %d/%d loss %.4f lr %.4f",
+                    epoch + 1,
+                    args.epochs,
+                    i,
+                    steps_per_epoch,
+                    running / seen,
+                    optimizer.param_groups[0]["lr"],
+                )
             if args.max_steps and step >= args.max_steps:
                 break
         elapsed += time.time() - began
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": running / max(seen, 1),
-                                  "seconds": round(time.time() - began, 1)}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": running / max(seen, 1),
+            "seconds": round(time.time() - began, 1),
+        }
         if val_x is not None and val_y is not None:
             record.update(evaluate(model, val_x, val_y))
         history.append(record)
         log.info("epoch %d done: %s", epoch + 1, record)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(), "epoch": epoch + 1, "history": history,
-                    "elapsed": elapsed}, resume)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "epoch": epoch + 1,
+                "history": history,
+                "elapsed": elapsed,
+            },
+            resume,
+        )
         if args.max_steps and step >= args.max_steps:
             break
 
@@ -192,11 +234,22 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "final": history[-1] if history else {},
     }
-    preprocess = {"resize": "shorter_side_center_crop", "size": [args.size, args.size],
-                  "mean": list(args.mean), "std": list(args.std), "interpolation": "bilinear"}
+    preprocess = {
+        "resize": "shorter_side_center_crop",
+        "size": [args.size, args.size],
+        "mean": list(args.mean),
+        "std": list(args.std),
+        "interpolation": "bilinear",
+    }
     state_dict = {k: v.contiguous() for k, v in model.state_dict().items()}
-    checkpoint = Checkpoint(task="classifier", arch=config.to_dict(), state_dict=state_dict,
-                            labels=train_set.classes, preprocess=preprocess, training=training)
+    checkpoint = Checkpoint(
+        task="classifier",
+        arch=config.to_dict(),
+        state_dict=state_dict,
+        labels=train_set.classes,
+        preprocess=preprocess,
+        training=training,
+    )
     final = args.final or args.out / "final.pt"
     digest = save_checkpoint(final, checkpoint)
     log.info("wrote %s (sha256 %s): %s", final, digest, training["final"])

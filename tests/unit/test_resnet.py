@@ -88,8 +88,13 @@ def test_bad_block_position_is_rejected() -> None:
 
 def test_checkpoint_round_trip_rebuilds_the_same_classifier(tmp_path: Path) -> None:
     model = cifar_resnet(8, num_classes=3).eval()
-    ckpt = Checkpoint(task="classifier", arch=model.config.to_dict(), state_dict=model.state_dict(),
-                      labels=["a", "b", "c"], preprocess={"resize": "shorter_side_center_crop"})
+    ckpt = Checkpoint(
+        task="classifier",
+        arch=model.config.to_dict(),
+        state_dict=model.state_dict(),
+        labels=["a", "b", "c"],
+        preprocess={"resize": "shorter_side_center_crop"},
+    )
     digest = save_checkpoint(tmp_path / "c.pt", ckpt)
     loaded, meta = load_model(tmp_path / "c.pt")
     assert meta.sha256 == digest and meta.labels == ["a", "b", "c"]

@@ -1,0 +1,1 @@
+"""Alternative servers for the same ONNX model, compared with ours by ``bench.service``."""

@@ -1,0 +1,151 @@
+"""``python -m export``: checkpoints -> checked ONNX files -> the model repository.
+
+Data path (the export side of the one arrow to the service)::
+
+    checkpoint.pt --load_model--> nn.Module --onnx_export--> model.onnx
+        --graph_check (linear in positions, BN folded)--> --parity (ORT vs PyTorch)-->
+        --repository--> <out>/<name>/<version>/{model.onnx, config.json} + <out>/<name>/config.pbtxt
+
+Examples::
+
+    python -m export --all                                  # shipped weights -> model_repository/
+    python -m export --only classifier --classifier-checkpoint runs/cls/final.pt --version 2
+    python -m export --all --out /tmp/repo --buckets 320x320,480x640,640x640
+
+Exit status: 0 when every model was exported and passed every check; 1 when a check failed
+(nothing is published for that model); 2 for a usage or checkpoint error (one line naming
+the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from export.pipeline import (
+    DEFAULT_BUCKETS,
+    DEFAULT_CHECKPOINTS,
+    ExportFailed,
+    ExportOptions,
+    export_model,
+)
+from models.checkpoint import CheckpointError
+from service.repository import RepositoryError, load_repository
+
+MODEL_NAMES = ("classifier", "face_detector")
+
+
+def _bucket(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bucket {text!r} is not HEIGHTxWIDTH, e.g. 480x640") from None
+    if height < 32 or width < 32:
+        raise argparse.ArgumentTypeError(f"bucket {text!r} is smaller than 32x32")
+    return height, width
+
+
+def _buckets(text: str) -> list[tuple[int, int]]:
+    return [_bucket(part) for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export Poly-NL checkpoints to a checked, versioned ONNX model repository.",
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="export the classifier and the face detector")
+    which.add_argument("--only", choices=MODEL_NAMES, help="export one model")
+    parser.add_argument("--out", type=Path, default=Path("model_repository"), help="repository folder")
+    parser.add_argument("--classifier-checkpoint", type=Path, default=None, help="default: shipped weights")
+    parser.add_argument("--detector-checkpoint", type=Path, default=None, help="default: shipped weights")
+    parser.add_argument(
+        "--version", type=int, default=1, help="version folder to write (replaced if present)"
+    )
+    parser.add_argument(
+        "--buckets",
+        type=_buckets,
+        default=list(DEFAULT_BUCKETS),
+        help="detector size buckets HxW,HxW,... written to config.json and checked for parity "
+        f"(default {','.join(f'{h}x{w}' for h, w in DEFAULT_BUCKETS)})",
+    )
+    parser.add_argument("--max-batch-size", type=int, default=32, help="Triton config.pbtxt max_batch_size")
+    parser.add_argument(
+        "--parity-images",
+        type=Path,
+        action="append",
+        default=None,
+        help="folder of real images for the parity check (repeatable; default: samples/, "
+        "tests/data/parity/, tests/data/cmumit-val/images/)",
+    )
+    args = parser.parse_args(argv)
+    if args.version < 1:
+        parser.error("--version must be >= 1")
+    if not args.buckets:
+        parser.error("--buckets needs at least one HEIGHTxWIDTH")
+    return args
+
+
+def selected_models(args: argparse.Namespace) -> list[str]:
+    """--all, --only, or else the models whose checkpoint was given."""
+    if args.all:
+        return list(MODEL_NAMES)
+    if args.only:
+        return [args.only]
+    chosen = []
+    if args.classifier_checkpoint is not None:
+        chosen.append("classifier")
+    if args.detector_checkpoint is not None:
+        chosen.append("face_detector")
+    return chosen
+
+
+def _one_line(message: str, limit: int = 400) -> str:
+    flat = " ".join(message.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = selected_models(args)
+    if not names:
+        print("error: nothing to export: use --all, --only NAME or a --*-checkpoint PATH", file=sys.stderr)
+        return 2
+    checkpoints = {
+        "classifier": args.classifier_checkpoint or DEFAULT_CHECKPOINTS["classifier"],
+        "face_detector": args.detector_checkpoint or DEFAULT_CHECKPOINTS["face_detector"],
+    }
+    options = ExportOptions(
+        out=args.out,
+        version=args.version,
+        buckets=args.buckets,
+        max_batch_size=args.max_batch_size,
+        parity_folders=args.parity_images,
+    )
+    started = time.perf_counter()
+    for name in names:
+        try:
+            export_model(name, checkpoints[name], options, log=print)
+        except CheckpointError as exc:
+            print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+            return 2
+        except ExportFailed as exc:
+            print(f"error: {name}: {_one_line(str(exc))}", file=sys.stderr)
+            return 1
+    try:
+        loaded = load_repository(args.out)
+    except RepositoryError as exc:
+        print(f"error: the written repository does not load: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+    summary = ", ".join(f"{n} v{m.config.version}" for n, m in loaded.items())
+    print(f"repository {args.out} loads with service.repository: {summary}")
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

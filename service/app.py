@@ -1,0 +1,141 @@
+"""The ASGI app (``uvicorn service.app:app``): wires the data path together.
+
+Start-up (lifespan): read the settings, load the model repository with the one loader
+(``service.repository.load_repository``, checksums verified), open an ONNX Runtime
+session per model, run a warm-up inference per input shape (each detection size bucket),
+start one batcher per model, then report ready. A broken repository stops start-up with
+a clear message instead of serving garbage.
+
+Shutdown: uvicorn stops accepting connections and waits for the requests in flight;
+the lifespan then marks the service not ready, lets each batcher finish its queue, and
+closes the thread pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.errors import install_error_handlers
+from service.images import allow_pixels
+from service.metrics import Metrics
+from service.middleware import EdgeMiddleware, RequestIdLogFilter
+from service.pipelines import DetectorPipeline, ModelPipeline, make_pipeline
+from service.repository import RepositoryError, load_repository
+from service.routes import classify, demo, detect, health, models
+from service.runtime import create_session
+from service.settings import Settings, get_settings
+from service.state import ServiceState
+
+logger = logging.getLogger("service.app")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Service logs carry the request id (uvicorn's own access log is replaced by ours)."""
+    service_logger = logging.getLogger("service")
+    service_logger.setLevel(level.upper())
+    if not any(getattr(h, "_polynl", False) for h in service_logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(RequestIdLogFilter())
+        handler._polynl = True  # type: ignore[attr-defined]
+        service_logger.addHandler(handler)
+        service_logger.propagate = False
+
+
+def load_pipelines(settings: Settings, metrics: Metrics) -> dict[str, ModelPipeline]:
+    """Repository -> sessions -> warmed-up pipelines (blocking; runs in a thread)."""
+    repository = load_repository(settings.model_repository, verify=settings.verify_checksums)
+    pipelines: dict[str, ModelPipeline] = {}
+    for name, model in repository.items():
+        session = create_session(name, model.onnx_path, settings)
+        pipeline = make_pipeline(model, session, settings, metrics.observer(name))
+        logger.info(
+            "model %s v%d (%s, block=%s, sha256 %s...) on %s%s",
+            name,
+            model.config.version,
+            model.config.task,
+            model.config.block,
+            model.config.onnx_sha256[:12],
+            ", ".join(session.providers),
+            f", buckets {pipeline.buckets}" if isinstance(pipeline, DetectorPipeline) else "",
+        )
+        pipeline.warm_up()
+        pipelines[name] = pipeline
+    return pipelines
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    state: ServiceState = app.state.service
+    allow_pixels(settings.max_image_pixels)
+    logger.info(
+        "starting: repository %s, providers %s, max_batch_size %d, max_wait_ms %.1f, queue %d, timeout %.1fs",
+        settings.model_repository,
+        ",".join(settings.providers),
+        settings.max_batch_size,
+        settings.max_wait_ms,
+        settings.queue_size,
+        settings.request_timeout_s,
+    )
+    try:
+        state.pipelines = await asyncio.to_thread(load_pipelines, settings, state.metrics)
+    except RepositoryError as exc:
+        logger.error("cannot start: %s", exc)
+        raise
+    for pipeline in state.pipelines.values():
+        pipeline.batcher.start()
+        pipeline.ready = True
+    state.ready = True
+    logger.info("ready: %s", ", ".join(state.pipelines))
+    try:
+        yield
+    finally:
+        state.accepting = False
+        state.ready = False
+        logger.info("shutting down: finishing queued requests")
+        await asyncio.gather(
+            *(p.batcher.stop(timeout_s=settings.request_timeout_s) for p in state.pipelines.values())
+        )
+        state.decode_pool.shutdown(wait=True)
+        logger.info("stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+    app = FastAPI(
+        title="polynl-serve",
+        summary="Poly-NL image classification and face detection over ONNX Runtime with dynamic batching.",
+        description="[Try the models in your browser: the demo page](/demo).",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = ServiceState(
+        settings=settings,
+        metrics=metrics,
+        decode_pool=ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode"),
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        EdgeMiddleware,
+        metrics=metrics,
+        max_upload_bytes=settings.max_upload_bytes,
+        access_log=settings.access_log,
+    )
+    for module in (classify, detect, health, models, demo):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

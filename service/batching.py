@@ -1,0 +1,272 @@
+"""Dynamic batching: many requests' arrays -> one ONNX Runtime call -> one slice each.
+
+The middle of the data path, between preprocessing and inference. It knows nothing about
+images or HTTP: a request submits one array (already preprocessed) and gets back its own
+slice of every model output. One :class:`Batcher` per model:
+
+- a bounded queue (counted in arrays): when full, :class:`ServiceOverloaded` (503 with
+  ``Retry-After``) at once instead of queueing forever;
+- batches are keyed by the array's shape, so detection size buckets never mix; the worker
+  serves the shape whose oldest request has waited longest, and sends a batch when it holds
+  ``max_batch_size`` arrays or ``max_wait_s`` has passed since its oldest request;
+- each request carries a deadline; at the deadline the caller gets
+  :class:`DeadlineExceeded` (504) and its array leaves the queue, so it never costs an
+  inference slot; a caller that is cancelled (client disconnected) leaves the queue too;
+- one predict call per batch runs in a worker thread, off the event loop; a failing call
+  answers only that batch's requests with :class:`InferenceFailed` (500);
+- :meth:`Batcher.stop` stops accepting and finishes what is queued (graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceOverloaded
+
+logger = logging.getLogger("service.batching")
+
+# A batch of inputs (B, ...) -> named outputs, each with the batch axis first.
+PredictFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports (``service.metrics`` implements it for Prometheus)."""
+
+    def queue_depth(self, depth: int) -> None: ...
+
+    def batch_done(self, size: int, seconds: float) -> None: ...
+
+    def dropped(self, reason: str) -> None: ...
+
+
+class _NoObserver:
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        pass
+
+    def dropped(self, reason: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    queue_ms: float  # enqueue -> start of the inference call
+    inference_ms: float  # the whole batch's call
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    outputs: dict[str, np.ndarray]  # this request's slice of each output (batch axis removed)
+    timing: BatchTiming
+
+
+@dataclass(eq=False)
+class _Item:
+    array: np.ndarray
+    future: asyncio.Future[BatchResult]
+    enqueued_at: float  # loop.time()
+    deadline: float  # loop.time()
+    tag: str = ""  # the caller's label for logs (the service passes the request id)
+
+
+def _stack_and_predict(
+    predict: PredictFn, arrays: Sequence[np.ndarray]
+) -> tuple[dict[str, np.ndarray], float]:
+    """Runs in the inference thread: the stacking copy stays off the event loop too."""
+    batch = np.stack(arrays)
+    started = time.perf_counter()
+    outputs = predict(batch)
+    return outputs, time.perf_counter() - started
+
+
+class Batcher:
+    """One model's queue and batching worker (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        predict: PredictFn,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        queue_size: int,
+        retry_after_s: int = 1,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.queue_size = queue_size
+        self.retry_after_s = retry_after_s
+        self._predict = predict
+        self._observer: BatchObserver = observer or _NoObserver()
+        self._pending: dict[tuple[int, ...], deque[_Item]] = {}
+        self._depth = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        # One thread: batches of one model run one after another; the next batch fills
+        # while the current one runs.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self.batches_run = 0
+
+    # --- the caller's side -------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
+
+    async def submit(self, array: np.ndarray, deadline: float, tag: str = "") -> BatchResult:
+        """Queue one array; wait for its outputs until ``deadline`` (``loop.time()`` based)."""
+        if self._closing or self._task is None:
+            raise NotReady(f"model {self.name!r} is not accepting requests", self.retry_after_s)
+        if self._depth >= self.queue_size:
+            self._observer.dropped("overloaded")
+            raise ServiceOverloaded(
+                f"model {self.name!r} has {self._depth} images queued; retry later", self.retry_after_s
+            )
+        loop = asyncio.get_running_loop()
+        item = _Item(
+            array=array, future=loop.create_future(), enqueued_at=loop.time(), deadline=deadline, tag=tag
+        )
+        self._pending.setdefault(tuple(array.shape), deque()).append(item)
+        self._set_depth(self._depth + 1)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            self._abandon(item)
+            self._observer.dropped("deadline")
+            raise DeadlineExceeded(f"no answer within the request deadline (model {self.name!r})") from None
+        except asyncio.CancelledError:
+            self._abandon(item)
+            self._observer.dropped("cancelled")
+            raise
+
+    def _abandon(self, item: _Item) -> None:
+        """The caller gave up: leave the queue so the item costs no inference slot."""
+        if not item.future.done():
+            item.future.cancel()
+        queue = self._pending.get(tuple(item.array.shape))
+        if queue is not None:
+            try:
+                queue.remove(item)
+            except ValueError:
+                return  # already taken into a batch
+            if not queue:
+                del self._pending[tuple(item.array.shape)]
+            self._set_depth(self._depth - 1)
+
+    def _set_depth(self, depth: int) -> None:
+        self._depth = depth
+        self._observer.queue_depth(depth)
+
+    # --- the worker's side -------------------------------------------------------------
+    async def _work(self) -> None:
+        while True:
+            if not self._depth:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            items = await self._next_batch()
+            if items:
+                await self._run(items)
+
+    def _oldest_shape(self) -> tuple[int, ...]:
+        return min(self._pending, key=lambda shape: self._pending[shape][0].enqueued_at)
+
+    async def _next_batch(self) -> list[_Item]:
+        loop = asyncio.get_running_loop()
+        shape = self._oldest_shape()
+        queue = self._pending[shape]
+        while queue and len(queue) < self.max_batch_size and not self._closing:
+            remaining = queue[0].enqueued_at + self.max_wait_s - loop.time()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                break
+        queue = self._pending.get(shape, deque())
+        taken = [queue.popleft() for _ in range(min(len(queue), self.max_batch_size))]
+        if not queue:
+            self._pending.pop(shape, None)
+        self._set_depth(self._depth - len(taken))
+        now = loop.time()
+        alive = []
+        for item in taken:
+            if item.future.done():
+                continue
+            if item.deadline <= now:
+                item.future.set_exception(DeadlineExceeded("the request deadline passed while queued"))
+                self._observer.dropped("deadline")
+                continue
+            alive.append(item)
+        return alive
+
+    async def _run(self, items: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            outputs, seconds = await loop.run_in_executor(
+                self._executor, _stack_and_predict, self._predict, [item.array for item in items]
+            )
+        except Exception:
+            logger.exception(
+                "inference failed for a batch of %d on model %s (requests: %s)",
+                len(items),
+                self.name,
+                ", ".join(item.tag for item in items),
+            )
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(InferenceFailed("inference failed for this request's batch"))
+            return
+        self.batches_run += 1
+        self._observer.batch_done(len(items), seconds)
+        logger.debug("model %s: batch of %d in %.1f ms", self.name, len(items), seconds * 1000)
+        for index, item in enumerate(items):
+            if item.future.done():
+                continue  # gave up while the batch ran; its slice is dropped
+            timing = BatchTiming(
+                queue_ms=(started - item.enqueued_at) * 1000.0,
+                inference_ms=seconds * 1000.0,
+                batch_size=len(items),
+            )
+            item.future.set_result(BatchResult({k: v[index] for k, v in outputs.items()}, timing))
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting, finish what is queued, then stop the worker."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                logger.error("model %s: %d queued requests not finished at shutdown", self.name, self._depth)
+                self._task.cancel()
+                for queue in self._pending.values():
+                    for item in queue:
+                        if not item.future.done():
+                            item.future.set_exception(NotReady("the server is shutting down"))
+                self._pending.clear()
+                self._set_depth(0)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,218 @@
+"""Every error the service answers with, and the one place where errors become HTTP.
+
+Sits at the edge of the data path: any step (upload reading, decoding, batching,
+inference) raises a :class:`ServiceError` subclass; :func:`install_error_handlers` turns
+it, FastAPI's validation errors and Starlette's HTTP errors into one JSON shape::
+
+    {"error": "<stable code>", "message": "<for humans>", "request_id": "<X-Request-ID>"}
+
+Bodies never carry stack traces or file paths; unexpected exceptions are logged with the
+request id and answered with a generic 500 (see ``service.middleware``).
+
+Status choices (documented in the README):
+  400 the request carries no usable image (empty body, missing or unknown field, malformed
+      multipart, too many images);
+  401 missing or wrong API key;
+  413 the upload is larger than ``max_upload_bytes``, or the image header declares more
+      than ``max_image_pixels`` (decompression bomb: rejected before any pixel is decoded;
+      413 because the request is well-formed but larger than this server accepts, and the
+      client's fix is the same as for too many bytes: send a smaller image);
+  415 the bytes are not an image format we decode, or the content type is not an image;
+  422 query values out of range, or an image whose format is recognised but whose pixel
+      data cannot be decoded (truncated, corrupt);
+  503 queue full or not ready (with ``Retry-After``); 504 deadline passed before inference;
+  500 an inference error (only that batch's requests) or a bug.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("service.errors")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class ServiceError(Exception):
+    """Base of every error the service answers deliberately."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+# --- 400: no usable image in the request -------------------------------------------------
+class BadRequest(ServiceError):
+    status_code = 400
+    code = "bad_request"
+
+
+class EmptyBody(BadRequest):
+    code = "empty_body"
+
+
+class MissingImage(BadRequest):
+    code = "missing_image"
+
+
+class UnexpectedField(BadRequest):
+    code = "unexpected_field"
+
+
+class TooManyImages(BadRequest):
+    code = "too_many_images"
+
+
+class MalformedBody(BadRequest):
+    code = "malformed_body"
+
+
+# --- 401 ------------------------------------------------------------------------------
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str = "missing or invalid API key") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+# --- 413 ------------------------------------------------------------------------------
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+    def __init__(self, message: str) -> None:
+        # The rest of the body is left unread, so the connection cannot carry another request.
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class ImageTooLarge(ServiceError):
+    status_code = 413
+    code = "image_too_large"
+
+
+# --- 415 / 422: image content ------------------------------------------------------------
+class UnsupportedImage(ServiceError):
+    status_code = 415
+    code = "unsupported_image"
+
+
+class CorruptImage(ServiceError):
+    status_code = 422
+    code = "corrupt_image"
+
+
+class InvalidParameter(ServiceError):
+    status_code = 422
+    code = "validation_error"
+
+
+# --- 5xx: the server's side --------------------------------------------------------------
+class ServiceOverloaded(ServiceError):
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(0, retry_after_s))})
+
+
+class NotReady(ServiceError):
+    status_code = 503
+    code = "not_ready"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(0, retry_after_s))})
+
+
+class DeadlineExceeded(ServiceError):
+    status_code = 504
+    code = "deadline_exceeded"
+
+
+class InferenceFailed(ServiceError):
+    status_code = 500
+    code = "inference_failed"
+
+
+class ClientDisconnected(ServiceError):
+    """The client went away before its answer; nobody reads the response (nginx's 499)."""
+
+    status_code = 499
+    code = "client_disconnected"
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def request_id_of(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def error_body(code: str, message: str, request_id: str) -> dict[str, str]:
+    return {"error": code, "message": message, "request_id": request_id}
+
+
+def error_response(
+    status_code: int, code: str, message: str, request_id: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    all_headers = {REQUEST_ID_HEADER: request_id, **(headers or {})}
+    return JSONResponse(error_body(code, message, request_id), status_code=status_code, headers=all_headers)
+
+
+def _validation_message(errors: list[Any]) -> str:
+    """'query.top_k: Input should be less than or equal to 10; ...' without echoing inputs."""
+    parts = []
+    for error in errors[:5]:
+        location = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status_code >= 500:
+        logger.warning("%s: %s", exc.code, exc.message)
+    return error_response(exc.status_code, exc.code, exc.message, request_id_of(request), exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    message = _validation_message(list(exc.errors()))
+    return error_response(422, "validation_error", message, request_id_of(request))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return error_response(exc.status_code, code, message, request_id_of(request), dict(exc.headers or {}))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every deliberate error to the one JSON shape (the only place that does so)."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

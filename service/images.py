@@ -1,0 +1,126 @@
+"""Upload bytes -> PIL RGB image: the first step of the data path.
+
+Knows nothing about HTTP or models. It enforces the pixel limit from the image header
+before any pixel is decoded (decompression bombs), applies the EXIF orientation, takes
+the first frame of animated or multi-page files, and converts every colour mode
+(CMYK, 16-bit, palette, alpha, LA, I;16, float...) to 8-bit RGB instead of rejecting it.
+Failures raise the client errors of ``service.errors`` (415 not an image, 422 corrupt
+or truncated, 413 too many pixels).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import CorruptImage, EmptyBody, ImageTooLarge, UnsupportedImage
+
+_WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB, EXIF orientation applied
+    format: str  # what Pillow identified ("JPEG", "PNG", ...)
+    original_mode: str
+
+    @property
+    def width(self) -> int:
+        return self.image.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.image.size[1]
+
+
+def allow_pixels(max_image_pixels: int) -> None:
+    """Keep Pillow's global bomb guard (a hard error at 2x its value) from firing before the
+    service's own check, which gives the clearer 413: lift it to never below ours."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_image_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_image_pixels
+
+
+def _open(data: bytes, max_image_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image has more than {max_image_pixels} pixels") from exc
+    except UnidentifiedImageError as exc:
+        raise UnsupportedImage("the upload is not an image in a supported format") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        # Formats whose header parser fails on garbage raise these instead.
+        raise UnsupportedImage("the upload is not an image in a supported format") from exc
+
+
+def _check_pixels(image: Image.Image, max_image_pixels: int) -> None:
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise CorruptImage("image has an empty size")
+    if width * height > max_image_pixels:
+        raise ImageTooLarge(f"image is {width}x{height}, more than the {max_image_pixels} pixels accepted")
+
+
+def _rescale_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    """High bit depth / float grey -> 8 bits, keeping the full range visible (not clipped)."""
+    if mode.startswith("I;16"):
+        return (array.astype(np.uint32) // 257).astype(np.uint8)
+    if mode == "F":
+        values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0 if values.max() <= 255.0 else values.max()
+        return np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
+    # "I" (32-bit int): 16-bit PNGs open in this mode on some Pillow versions.
+    peak = int(array.max(initial=0))
+    top = 255 if peak <= 255 else 65535 if peak <= 65535 else peak
+    return np.clip(array.astype(np.float64) * (255.0 / top), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparent pixels are composited on white."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        grey = Image.fromarray(_rescale_to_uint8(np.asarray(image), mode), mode="L")
+        return grey.convert("RGB")
+    if mode == "P":
+        # Palette images may carry transparency in the palette; go through RGBA then.
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if mode == "RGB":
+        return image
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, max_image_pixels: int) -> DecodedImage:
+    """Bytes -> RGB image, or a client error. Runs in the decode thread pool."""
+    if not data:
+        raise EmptyBody("the image is empty (0 bytes)")
+    image = _open(data, max_image_pixels)
+    _check_pixels(image, max_image_pixels)  # header only: no pixel is decoded yet
+    image_format = str(image.format or "unknown")
+    original_mode = image.mode
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)  # animated / multi-page: the first frame is the picture
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        rgb = to_rgb(image)
+        rgb.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image has more than {max_image_pixels} pixels") from exc
+    except (OSError, SyntaxError, ValueError, IndexError, EOFError) as exc:
+        # Truncated data, broken chunks, bad EXIF: the format was recognised but is unusable.
+        raise CorruptImage(f"the {image_format} image cannot be decoded (truncated or corrupt)") from exc
+    _check_pixels(rgb, max_image_pixels)
+    return DecodedImage(image=rgb, format=image_format, original_mode=original_mode)

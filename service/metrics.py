@@ -1,0 +1,89 @@
+"""Prometheus metrics: what every step of the data path reports, served at ``/metrics``.
+
+One registry per app (so tests and benchmarks can run several apps in a process):
+request counts by endpoint and status, request latency, queue depth, batch size and
+inference time per model, and requests dropped before inference (deadline, cancelled,
+overloaded). ``polynl_batch_size_count`` is the number of inference calls: the batching
+test compares it with the number of requests.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The service's metric families, registered in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "polynl_requests",
+            "HTTP requests by endpoint and status code.",
+            ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "polynl_request_duration_seconds",
+            "HTTP request latency, first byte in to response start.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.images = Counter("polynl_images", "Images decoded by model.", ["model"], registry=self.registry)
+        self.queue_depth = Gauge(
+            "polynl_queue_depth", "Images waiting in the batch queue.", ["model"], registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "polynl_batch_size",
+            "Images per inference call (the _count is the number of inference calls).",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference = Histogram(
+            "polynl_inference_seconds",
+            "Duration of one ONNX Runtime call (one batch).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "polynl_dropped",
+            "Images that never reached inference, by reason (overloaded, deadline, cancelled).",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+
+    def observer(self, model: str) -> ModelObserver:
+        return ModelObserver(self, model)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ModelObserver:
+    """The batcher's hooks (``service.batching.BatchObserver``) for one model."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._depth = metrics.queue_depth.labels(model)
+        self._batch = metrics.batch_size.labels(model)
+        self._inference = metrics.inference.labels(model)
+        self._dropped = metrics.dropped
+        self._model = model
+
+    def queue_depth(self, depth: int) -> None:
+        self._depth.set(depth)
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        self._batch.observe(size)
+        self._inference.observe(seconds)
+
+    def dropped(self, reason: str) -> None:
+        self._dropped.labels(self._model, reason).inc()

@@ -1,0 +1,268 @@
+"""One model's path from upload bytes to an answer, step by step (LitServe-style).
+
+For each image: ``prepare`` (decode + preprocess, in the decode thread pool) ->
+``Batcher.submit`` (queue, batch, one ONNX Runtime call, slice) -> ``answer``
+(softmax/top-k or NMS + mapping to original pixels). The routes call
+:meth:`ModelPipeline.infer` and build the HTTP response; this module knows nothing about
+HTTP. Preprocessing and labels come from the model's ``config.json``, never from constants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from service.batching import Batcher, BatchObserver, BatchResult, PredictFn
+from service.images import decode_image
+from service.postprocess import faces_to_original, select_faces, softmax, top_k
+from service.preprocess import choose_bucket, classifier_input, letterbox
+from service.repository import LoadedModel, ModelConfig
+from service.runtime import ModelSession
+from service.schemas import Classification, Detection, Face, LabelScore, Landmarks
+from service.settings import Settings
+
+logger = logging.getLogger("service.pipelines")
+
+DEFAULT_BUCKETS: list[tuple[int, int]] = [(480, 640), (640, 640)]
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One image as it came in."""
+
+    data: bytes
+    filename: str | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One image ready for the batcher, plus what ``answer`` needs to map results back."""
+
+    array: np.ndarray  # (3, H, W) float32
+    width: int  # original (after EXIF orientation)
+    height: int
+    scale: float  # letterbox scale (detector); 1.0 for the classifier
+    decode_ms: float
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    upload: Upload
+    prepared: Prepared
+    result: BatchResult
+
+
+def _delayed(predict: PredictFn, delay_s: float) -> PredictFn:
+    """Test/drill hook (``inference_delay_ms``): a slow model without a big model."""
+
+    def slow_predict(batch: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(delay_s)
+        return predict(batch)
+
+    return slow_predict
+
+
+class InjectedFault(RuntimeError):
+    """The failure ``fault_every_n_batches`` injects (never raised in normal operation)."""
+
+
+def _faulty(predict: PredictFn, every: int) -> PredictFn:
+    """Fault drill hook (``fault_every_n_batches``): every n-th inference call raises."""
+    calls = itertools.count(1)
+
+    def faulty_predict(batch: np.ndarray) -> dict[str, np.ndarray]:
+        if next(calls) % every == 0:
+            raise InjectedFault(f"injected fault (every {every} batches)")
+        return predict(batch)
+
+    return faulty_predict
+
+
+async def _first_error_or_all(tasks: list[asyncio.Task[ImageOutcome]]) -> list[ImageOutcome]:
+    """All results in order, or the first failure after cancelling the rest."""
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    failed = [t for t in tasks if t in done and not t.cancelled() and t.exception() is not None]
+    if failed:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        error = failed[0].exception()
+        assert error is not None
+        raise error
+    return [task.result() for task in tasks]
+
+
+class ModelPipeline:
+    """Shared machinery: session, batcher, decode -> batch -> answer."""
+
+    def __init__(
+        self, model: LoadedModel, session: ModelSession, settings: Settings, observer: BatchObserver
+    ) -> None:
+        self.model = model
+        self.config: ModelConfig = model.config
+        self.session = session
+        self.settings = settings
+        self.ready = False
+        predict: PredictFn = session.run
+        if settings.inference_delay_ms > 0:
+            predict = _delayed(predict, settings.inference_delay_ms / 1000.0)
+        if settings.fault_every_n_batches > 0:
+            predict = _faulty(predict, settings.fault_every_n_batches)
+        self.batcher = Batcher(
+            self.config.name,
+            predict,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_wait_s,
+            queue_size=settings.queue_size,
+            retry_after_s=settings.retry_after_s,
+            observer=observer,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def warmup_shapes(self) -> list[tuple[int, ...]]:
+        raise NotImplementedError
+
+    def preprocess(self, image: Image.Image) -> tuple[np.ndarray, float]:
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """One real inference per input shape (and bucket) before reporting ready."""
+        for shape in self.warmup_shapes():
+            started = time.perf_counter()
+            self.session.run(np.zeros(shape, dtype=np.float32))
+            elapsed_ms = (time.perf_counter() - started) * 1e3
+            logger.info("model %s: warm-up %s in %.0f ms", self.name, shape, elapsed_ms)
+
+    def prepare(self, data: bytes) -> Prepared:
+        """Decode + preprocess one upload (runs in the decode thread pool)."""
+        started = time.perf_counter()
+        decoded = decode_image(data, self.settings.max_image_pixels)
+        array, scale = self.preprocess(decoded.image)
+        return Prepared(
+            array=array,
+            width=decoded.width,
+            height=decoded.height,
+            scale=scale,
+            decode_ms=(time.perf_counter() - started) * 1000.0,
+        )
+
+    async def _one(self, upload: Upload, decode_pool: Executor, deadline: float, tag: str) -> ImageOutcome:
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(decode_pool, self.prepare, upload.data)
+        result = await self.batcher.submit(prepared.array, deadline, tag)
+        return ImageOutcome(upload=upload, prepared=prepared, result=result)
+
+    async def infer(
+        self, uploads: Sequence[Upload], decode_pool: Executor, deadline: float, tag: str = ""
+    ) -> list[ImageOutcome]:
+        """Every image of one request through decode and the batcher, concurrently.
+
+        ``tag`` (the request id) labels the request's images in the batcher's logs."""
+        tasks = [asyncio.ensure_future(self._one(u, decode_pool, deadline, tag)) for u in uploads]
+        return await _first_error_or_all(tasks)
+
+
+class ClassifierPipeline(ModelPipeline):
+    def _size(self) -> tuple[int, int]:
+        size = self.config.preprocess.size
+        if size is None:
+            raise ValueError(f"classifier {self.name} has no preprocess.size in config.json")
+        return size
+
+    def warmup_shapes(self) -> list[tuple[int, ...]]:
+        height, width = self._size()
+        sizes = sorted({1, self.settings.max_batch_size})
+        return [(n, 3, height, width) for n in sizes]
+
+    def preprocess(self, image: Image.Image) -> tuple[np.ndarray, float]:
+        return classifier_input(image, self.config.preprocess), 1.0
+
+    def answer(self, index: int, outcome: ImageOutcome, k: int) -> Classification:
+        logits = outcome.result.outputs[self.config.outputs[0]]
+        probabilities = softmax(logits.astype(np.float64))
+        labels = self.config.labels
+        return Classification(
+            index=index,
+            filename=outcome.upload.filename,
+            width=outcome.prepared.width,
+            height=outcome.prepared.height,
+            top_k=[
+                LabelScore(id=i, label=labels[i] if i < len(labels) else str(i), probability=p)
+                for i, p in top_k(probabilities, k)
+            ],
+        )
+
+
+class DetectorPipeline(ModelPipeline):
+    @property
+    def buckets(self) -> list[tuple[int, int]]:
+        return list(self.settings.detection_buckets or self.config.size_buckets or DEFAULT_BUCKETS)
+
+    def warmup_shapes(self) -> list[tuple[int, ...]]:
+        return [(1, 3, h, w) for h, w in self.buckets]
+
+    def preprocess(self, image: Image.Image) -> tuple[np.ndarray, float]:
+        width, height = image.size
+        bucket = choose_bucket(width, height, self.buckets)
+        boxed = letterbox(image, bucket, self.config.preprocess)
+        return boxed.tensor, boxed.scale
+
+    def answer(
+        self, index: int, outcome: ImageOutcome, score_threshold: float, nms_iou: float, max_faces: int
+    ) -> Detection:
+        outputs = outcome.result.outputs
+        faces = select_faces(
+            outputs["boxes"].astype(np.float32),
+            outputs["scores"].astype(np.float32),
+            outputs["landmarks"].astype(np.float32),
+            score_threshold=score_threshold,
+            nms_iou=nms_iou,
+            max_faces=max_faces,
+        )
+        prepared = outcome.prepared
+        faces = faces_to_original(faces, prepared.scale, prepared.width, prepared.height)
+        return Detection(
+            index=index,
+            filename=outcome.upload.filename,
+            width=prepared.width,
+            height=prepared.height,
+            faces=[
+                Face(
+                    box=tuple(float(v) for v in box),  # type: ignore[arg-type]
+                    score=float(min(1.0, max(0.0, score))),
+                    landmarks=Landmarks(
+                        **{
+                            name: (float(point[0]), float(point[1]))
+                            for name, point in zip(Landmarks.model_fields, marks, strict=True)
+                        }
+                    ),
+                )
+                for box, score, marks in zip(faces.boxes, faces.scores, faces.landmarks, strict=True)
+            ],
+        )
+
+
+def make_pipeline(
+    model: LoadedModel, session: ModelSession, settings: Settings, observer: BatchObserver
+) -> ModelPipeline:
+    if model.config.task == "classification":
+        return ClassifierPipeline(model, session, settings, observer)
+    return DetectorPipeline(model, session, settings, observer)

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource (FastAPI "bigger applications" layout)."""

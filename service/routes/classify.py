@@ -1,0 +1,55 @@
+"""POST /classify: images -> top-k labels with probabilities."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from service.dependencies import StateDep, require_api_key
+from service.errors import InvalidParameter, request_id_of
+from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, read_uploads, unless_disconnected
+from service.routes.timing import timing_of
+from service.schemas import ClassifyResponse, ModelRef
+
+router = APIRouter(tags=["classification"], dependencies=[Depends(require_api_key)])
+
+MAX_TOP_K = 1000
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=IMAGE_REQUEST_BODY,
+    summary="Classify one or more images",
+)
+async def classify(
+    request: Request,
+    state: StateDep,
+    top_k: Annotated[
+        int, Query(ge=1, le=MAX_TOP_K, description="Labels per image (at most the label count).")
+    ] = 5,
+) -> ClassifyResponse:
+    pipeline = state.classifier()
+    labels = len(pipeline.config.labels)
+    if top_k > labels:
+        raise InvalidParameter(f"query.top_k: must be between 1 and {labels} (the number of labels)")
+    uploads = await read_uploads(request, state.settings)
+    started = time.perf_counter()
+    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
+    state.metrics.images.labels(pipeline.name).inc(len(uploads))
+    outcomes = await unless_disconnected(
+        request, pipeline.infer(uploads, state.decode_pool, deadline, request_id_of(request))
+    )
+    # Post-processing runs in the decode pool too: the event loop only moves bytes.
+    results = await asyncio.get_running_loop().run_in_executor(
+        state.decode_pool, lambda: [pipeline.answer(i, outcome, top_k) for i, outcome in enumerate(outcomes)]
+    )
+    return ClassifyResponse(
+        model=ModelRef(name=pipeline.name, version=pipeline.config.version),
+        results=results,
+        timing=timing_of(outcomes, started),
+    )

@@ -1,0 +1,58 @@
+"""POST /detect-faces: images -> faces (box, score, 5 landmarks) in original pixels."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from service.dependencies import StateDep, require_api_key
+from service.errors import InvalidParameter, request_id_of
+from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, read_uploads, unless_disconnected
+from service.routes.timing import timing_of
+from service.schemas import DetectResponse, ModelRef
+
+router = APIRouter(tags=["face detection"], dependencies=[Depends(require_api_key)])
+
+MAX_FACES = 1000
+
+
+@router.post(
+    "/detect-faces",
+    response_model=DetectResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=IMAGE_REQUEST_BODY,
+    summary="Detect faces in one or more images",
+)
+async def detect_faces(
+    request: Request,
+    state: StateDep,
+    score_threshold: Annotated[float, Query(ge=0.0, le=1.0, description="Minimum face score.")] = 0.5,
+    nms_iou: Annotated[float, Query(ge=0.0, le=1.0, description="IoU above which NMS drops a box.")] = 0.4,
+    max_faces: Annotated[int, Query(ge=1, le=MAX_FACES, description="Most faces returned per image.")] = 100,
+) -> DetectResponse:
+    pipeline = state.detector()
+    if max_faces > state.settings.max_faces_limit:
+        raise InvalidParameter(f"query.max_faces: must be between 1 and {state.settings.max_faces_limit}")
+    uploads = await read_uploads(request, state.settings)
+    started = time.perf_counter()
+    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
+    state.metrics.images.labels(pipeline.name).inc(len(uploads))
+    outcomes = await unless_disconnected(
+        request, pipeline.infer(uploads, state.decode_pool, deadline, request_id_of(request))
+    )
+    # NMS runs in the decode pool too: the event loop only moves bytes.
+    results = await asyncio.get_running_loop().run_in_executor(
+        state.decode_pool,
+        lambda: [
+            pipeline.answer(i, outcome, score_threshold, nms_iou, max_faces)
+            for i, outcome in enumerate(outcomes)
+        ],
+    )
+    return DetectResponse(
+        model=ModelRef(name=pipeline.name, version=pipeline.config.version),
+        results=results,
+        timing=timing_of(outcomes, started),
+    )

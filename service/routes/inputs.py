@@ -1,0 +1,143 @@
+"""Request -> uploads, and "answer unless the client left": shared by /classify and /detect-faces.
+
+The first step of the data path on the HTTP side: images come as multipart ``file`` /
+``files`` fields or as a raw body with an ``image/*`` (or ``application/octet-stream``)
+content type. The content type of a part is not trusted: the decoder sniffs the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import (
+    ClientDisconnected,
+    EmptyBody,
+    MalformedBody,
+    MissingImage,
+    TooManyImages,
+    UnexpectedField,
+    UnsupportedImage,
+)
+from service.pipelines import Upload
+from service.schemas import ErrorResponse
+from service.settings import Settings
+
+T = TypeVar("T")
+
+FILE_FIELDS = ("file", "files")
+
+# The request body, documented by hand because the route reads it itself (to enforce
+# limits while streaming and to accept both multipart and raw bodies).
+IMAGE_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "One image as multipart field `file`, several as repeated `files` fields, "
+        "or one image as the raw body with an image content type.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "No usable image in the request (empty body, missing or unknown field, malformed).",
+        401: "Missing or wrong API key (only when one is configured).",
+        413: "Upload over max_upload_bytes, or image over max_image_pixels.",
+        415: "Not an image format the service decodes, or a non-image content type.",
+        422: "Query value out of range, or a corrupt/truncated image.",
+        500: "Inference failed for the batch holding this request.",
+        503: "Queue full, or not ready (see Retry-After).",
+        504: "The request deadline passed before inference.",
+    }.items()
+}
+
+
+async def _read_form(request: Request, settings: Settings) -> list[Upload]:
+    try:
+        form = await request.form(max_files=settings.max_images_per_request, max_fields=0)
+    except StarletteHTTPException as exc:
+        detail = str(exc.detail)
+        if "Too many files" in detail:
+            raise TooManyImages(f"at most {settings.max_images_per_request} images per request") from exc
+        if "Too many fields" in detail:
+            raise UnexpectedField(
+                "only file uploads (with a filename) in the fields 'file' and 'files' are accepted"
+            ) from exc
+        raise MalformedBody(f"cannot parse the multipart body: {detail}") from exc
+    try:
+        uploads = []
+        for key, value in form.multi_items():
+            if key not in FILE_FIELDS:
+                raise UnexpectedField(f"unknown form field {key[:64]!r}; send images as 'file' or 'files'")
+            if not isinstance(value, UploadFile):
+                raise MissingImage(f"form field {key!r} must be a file upload")
+            uploads.append(Upload(await value.read(), value.filename, value.content_type))
+    finally:
+        await form.close()
+    if not uploads:
+        raise MissingImage("the form has no 'file' or 'files' field")
+    return uploads
+
+
+async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
+    """The request's images, or a 400/413/415 client error."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data":
+        return await _read_form(request, settings)
+    if media_type.startswith("image/") or media_type in ("application/octet-stream", ""):
+        body = await request.body()  # the edge middleware stops it at max_upload_bytes
+        if not body:
+            raise EmptyBody("the request has no body; send an image")
+        if not media_type:
+            raise UnsupportedImage("send a Content-Type: multipart/form-data or image/*")
+        return [Upload(body, None, media_type)]
+    raise UnsupportedImage(
+        f"content type {media_type[:64]!r} is not accepted; send multipart/form-data or an image/* body"
+    )
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read by then)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client goes away first, cancel it so it leaves the batch queue."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    if task.cancelled() or not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientDisconnected("the client closed the connection")
+    return task.result()

@@ -1,0 +1,132 @@
+"""Response bodies of every endpoint: the last step of the data path (-> JSON).
+
+Pydantic models so that the OpenAPI schema at ``/openapi.json`` documents each answer,
+errors included. Coordinates are pixels of the original upload after EXIF orientation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    """Every non-2xx answer (see ``service.errors`` for the codes)."""
+
+    error: str = Field(description="Stable machine-readable code, e.g. 'unsupported_image'.")
+    message: str = Field(description="What went wrong, for humans.")
+    request_id: str = Field(description="The X-Request-ID of this request.")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class Timing(BaseModel):
+    """Milliseconds spent per step for this request."""
+
+    decode_ms: float = Field(description="Decoding and preprocessing, summed over the images.")
+    queue_ms: float = Field(description="Longest wait of one image in the batch queue.")
+    inference_ms: float = Field(description="Longest ONNX Runtime call serving one of the images.")
+    total_ms: float = Field(description="Wall time from the body being read to the response.")
+
+
+class LabelScore(BaseModel):
+    id: int = Field(ge=0)
+    label: str
+    probability: float = Field(ge=0.0, le=1.0)
+
+
+class Classification(BaseModel):
+    index: int = Field(ge=0, description="Position of the image in the request.")
+    filename: str | None = None
+    width: int = Field(ge=1, description="Width after EXIF orientation.")
+    height: int = Field(ge=1, description="Height after EXIF orientation.")
+    top_k: list[LabelScore] = Field(description="Most probable labels first.")
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelRef
+    results: list[Classification]
+    timing: Timing
+
+
+Point = tuple[float, float]
+
+
+class Landmarks(BaseModel):
+    """Five facial points (x, y); left/right as seen in the image (left = smaller x)."""
+
+    left_eye: Point
+    right_eye: Point
+    nose: Point
+    left_mouth: Point
+    right_mouth: Point
+
+
+class Face(BaseModel):
+    box: tuple[float, float, float, float] = Field(description="[x1, y1, x2, y2] in original pixels.")
+    score: float = Field(ge=0.0, le=1.0)
+    landmarks: Landmarks
+
+
+class Detection(BaseModel):
+    index: int = Field(ge=0, description="Position of the image in the request.")
+    filename: str | None = None
+    width: int = Field(ge=1, description="Width after EXIF orientation.")
+    height: int = Field(ge=1, description="Height after EXIF orientation.")
+    faces: list[Face] = Field(description="Highest score first.")
+
+
+class DetectResponse(BaseModel):
+    model: ModelRef
+    results: list[Detection]
+    timing: Timing
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    models: dict[str, bool] = Field(description="Per model: loaded and warmed up.")
+
+
+class TensorInfo(BaseModel):
+    name: str
+    dtype: str
+    shape: list[int | str | None]
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_wait_ms: float
+    queue_size: int
+    request_timeout_s: float
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: int
+    task: str
+    block: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    labels: list[str]
+    providers: list[str] = Field(description="Execution providers the session actually runs on.")
+    io_binding: bool
+    batching: BatchingInfo
+    size_buckets: list[tuple[int, int]] | None = Field(
+        None, description="Detector input sizes (height, width) that images are letterboxed into."
+    )
+    onnx_file: str
+    onnx_sha256: str
+    checksum_verified: bool
+    ready: bool
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]

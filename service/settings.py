@@ -1,0 +1,140 @@
+"""Service configuration: every knob of the serving path, read from ``POLYNL_*`` variables.
+
+Sits before everything else in the data path: ``service.app`` builds one :class:`Settings`
+at start-up and hands it to the image decoder (upload and pixel limits), the runtime
+(providers, threads), the batchers (batch size, wait, queue, deadline) and the routes.
+Defaults work on a laptop; the README lists every variable.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_BUCKET = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def _split_commas(value: object) -> object:
+    """Environment variables hold lists as ``a,b,c``; JSON lists are accepted too."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All service settings. Environment: ``POLYNL_<FIELD NAME IN UPPER CASE>``."""
+
+    model_config = SettingsConfigDict(env_prefix="POLYNL_", extra="ignore", protected_namespaces=())
+
+    # --- models and runtime -------------------------------------------------------------
+    model_repository: Path = Field(default=Path("model_repository"), description="Model repository folder.")
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in order of preference (comma-separated).",
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ORT intra-op threads on CPU; 0 = ORT default."
+    )
+    intra_op_spinning: bool = Field(
+        default=True, description="Let ORT worker threads spin between ops (faster, burns CPU when idle)."
+    )
+    io_binding: bool | None = Field(
+        default=None, description="Use ORT I/O binding; default: only when the session runs on CUDA."
+    )
+    cuda_device_id: int = Field(default=0, ge=0)
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
+    cuda_arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kSameAsRequested"
+    verify_checksums: bool = Field(default=True, description="Check each ONNX file's sha256 at start-up.")
+
+    # --- batching -----------------------------------------------------------------------
+    max_batch_size: int = Field(default=8, ge=1, le=1024)
+    max_wait_ms: float = Field(default=5.0, ge=0.0, description="Longest wait for a batch to fill.")
+    queue_size: int = Field(default=128, ge=1, description="Queued images per model before 503.")
+    request_timeout_s: float = Field(
+        default=10.0, gt=0.0, description="Deadline per request (queue + inference)."
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After header value on 503.")
+    inference_delay_ms: float = Field(
+        default=0.0, ge=0.0, description="Artificial delay per inference call (tests and drills only)."
+    )
+    fault_every_n_batches: int = Field(
+        default=0,
+        ge=0,
+        description="Fail every n-th inference call (fault drills and tests only; 0 = never).",
+    )
+
+    # --- uploads and decoding -----------------------------------------------------------
+    max_upload_bytes: int = Field(default=16 * 1024 * 1024, ge=1, description="Largest request body.")
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest width*height decoded.")
+    max_images_per_request: int = Field(default=16, ge=1)
+    decode_threads: int = Field(default=4, ge=1, description="Threads for decoding and preprocessing.")
+
+    # --- detection ----------------------------------------------------------------------
+    detection_buckets: Annotated[list[tuple[int, int]] | None, NoDecode] = Field(
+        default=None,
+        description="Detector size buckets HxW, e.g. '480x640,640x640'; default from config.json.",
+    )
+    max_faces_limit: int = Field(default=1000, ge=1, description="Upper bound of the max_faces query value.")
+
+    # --- HTTP and access ----------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = Field(default=True, description="One INFO line per request (else DEBUG).")
+    api_key: SecretStr | None = Field(default=None, description="Bearer token required when set.")
+    protect_metrics: bool = Field(default=False, description="Require the API key for /metrics too.")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _parse_providers(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("detection_buckets", mode="before")
+    @classmethod
+    def _parse_buckets(cls, value: object) -> object:
+        if value is None or value == "":
+            return None
+        if isinstance(value, str) and not value.strip().startswith("["):
+            buckets = []
+            for part in value.split(","):
+                match = _BUCKET.match(part)
+                if match is None:
+                    raise ValueError(f"bucket {part!r} is not HxW, e.g. 640x640")
+                buckets.append((int(match.group(1)), int(match.group(2))))
+            return buckets
+        return _split_commas(value)
+
+    @field_validator("detection_buckets")
+    @classmethod
+    def _positive_buckets(cls, value: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+        if value is not None:
+            if not value:
+                return None
+            if any(h < 32 or w < 32 for h, w in value):
+                raise ValueError("detection buckets must be at least 32x32")
+        return value
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install Debian's Chromium and its driver for the browser test (tests/integration/test_demo_browser.py).
+# Called by .ci/run before the browser suite. Playwright drives this Chromium; it never
+# downloads a browser of its own. Does nothing when /usr/bin/chromium is already there.
+set -euo pipefail
+if [ -x /usr/bin/chromium ]; then
+  echo "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo present)"
+  exit 0
+fi
+SUDO=""
+if [ "$(id -u)" != "0" ]; then
+  SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update
+$SUDO apt-get install -y --no-install-recommends chromium chromium-driver fonts-dejavu-core
+/usr/bin/chromium --version 2>/dev/null

@@ -1,0 +1,97 @@
+"""``python -m models.train detector``: a tiny run, resumed, ends in a loadable checkpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.checkpoint import load_model
+from models.train import main as train_main
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    # Training sets torch's threads (--threads, default 1); give the next tests theirs back.
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+def _fixture_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    faces, backgrounds = tmp_path / "faces", tmp_path / "backgrounds"
+    faces.mkdir()
+    backgrounds.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        crop = np.full((36, 36), 170 + 10 * i, dtype=np.uint8)
+        crop[11:14, 11:14] = crop[11:14, 22:25] = 40
+        crop[23:25, 14:23] = 60
+        Image.fromarray(crop).save(faces / f"f{i}.jpg")
+        Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(backgrounds / f"b{i}.jpg")
+    return faces, backgrounds
+
+
+def test_detector_training_resumes_and_writes_a_face_detector_checkpoint(tmp_path: Path) -> None:
+    faces, backgrounds = _fixture_dirs(tmp_path)
+    out, final = tmp_path / "run", tmp_path / "face_detector.pt"
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "data": "synth",
+                "faces": str(faces),
+                "backgrounds": str(backgrounds),
+                "size": 64,
+                "batch_size": 2,
+                "steps": 3,
+                "warmup_steps": 1,
+                "save_every": 1,
+                "log_every": 1,
+            }
+        )
+    )
+    common = ["--config", str(config), "--out", str(out), "--final", str(final), "--no-progress"]
+    assert train_main(["detector", *common, "--max-steps", "2"]) == 0
+    assert (out / "last.pt").is_file() and not final.exists()
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
+
+    assert train_main(["detector", *common]) == 0  # resumes at step 2, runs step 3
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    model, meta = load_model(final)
+    assert meta.task == "face_detector" and meta.labels == ["face"]
+    assert meta.preprocess["resize"] == "letterbox" and meta.arch["block"] == "polynl"
+    assert meta.training["steps"] == 3 and meta.training["seed"] == 0
+    with torch.no_grad():
+        loc, conf, landm = model(torch.zeros(1, 3, 64, 64))
+    assert loc.shape[1] == conf.shape[1] == landm.shape[1]
+
+
+@pytest.mark.parametrize("layout", ["json", "wider"])
+def test_detector_trains_from_a_box_list_and_from_wider_label_txt(tmp_path: Path, layout: str) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(images / f"p{i}.jpg")
+    if layout == "json":
+        labels = tmp_path / "labels.json"
+        faces = [{"box": [10, 10, 40, 44], "landmarks": [[18, 22], [32, 22], [25, 30], [20, 37], [30, 37]]}]
+        entries = [{"file": f"images/p{i}.jpg", "faces": faces} for i in range(3)]
+        labels.write_text(json.dumps({"images": entries}))
+    else:
+        labels = tmp_path / "label.txt"
+        row = "10 10 30 34 18 22 0.0 32 22 0.0 25 30 0.0 20 37 0.0 30 37 0.0 0.9"
+        labels.write_text("".join(f"# p{i}.jpg\n{row}\n" for i in range(3)))
+    out = tmp_path / "run"
+    argv = ["detector", "--data", layout, "--labels", str(labels), "--out", str(out), "--size", "64"]
+    argv += ["--batch-size", "2", "--steps", "2", "--warmup-steps", "1", "--no-progress"]
+    assert train_main(argv) == 0
+    _, meta = load_model(out / "final.pt")
+    assert meta.training["recipe"]["data"] == layout

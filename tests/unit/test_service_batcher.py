@@ -1,0 +1,189 @@
+"""The batcher on its own: real asyncio, real threads, a NumPy function as the model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import Batcher
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceOverloaded
+
+
+class Model:
+    """Doubles its input; records every batch; optionally slow or failing."""
+
+    def __init__(self, delay_s: float = 0.0, fail_on: int | None = None) -> None:
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+        self.batches: list[tuple[int, ...]] = []
+        self.started = threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.started.set()
+        self.batches.append(batch.shape)
+        time.sleep(self.delay_s)
+        if self.fail_on is not None and len(self.batches) == self.fail_on:
+            raise RuntimeError("boom")
+        return {"out": batch * 2, "sum": batch.reshape(len(batch), -1).sum(axis=1)}
+
+
+def make(model: Model, **kwargs: float) -> Batcher:
+    options = {"max_batch_size": 4, "max_wait_s": 0.05, "queue_size": 64, **kwargs}
+    return Batcher("test", model, **options)  # type: ignore[arg-type]
+
+
+def far() -> float:
+    return asyncio.get_running_loop().time() + 30.0
+
+
+def test_concurrent_requests_share_one_call_and_each_gets_its_own_slice() -> None:
+    async def scenario() -> None:
+        model = Model()
+        batcher = make(model)
+        batcher.start()
+        arrays = [np.full((2, 3), i, dtype=np.float32) for i in range(4)]
+        results = await asyncio.gather(*(batcher.submit(a, far()) for a in arrays))
+        await batcher.stop()
+        assert model.batches == [(4, 2, 3)]
+        for i, result in enumerate(results):
+            np.testing.assert_array_equal(result.outputs["out"], arrays[i] * 2)
+            assert result.outputs["sum"] == pytest.approx(i * 6)
+            assert result.timing.batch_size == 4
+
+    asyncio.run(scenario())
+
+
+def test_batches_never_exceed_max_batch_size() -> None:
+    async def scenario() -> None:
+        model = Model()
+        batcher = make(model, max_batch_size=3)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit(np.zeros(2, np.float32), far()) for _ in range(7)))
+        await batcher.stop()
+        assert sorted(shape[0] for shape in model.batches) == [1, 3, 3]
+
+    asyncio.run(scenario())
+
+
+def test_different_shapes_go_to_different_batches() -> None:
+    async def scenario() -> None:
+        model = Model()
+        batcher = make(model)
+        batcher.start()
+        small = [np.zeros((3, 4, 4), np.float32) for _ in range(2)]
+        large = [np.ones((3, 8, 8), np.float32) for _ in range(2)]
+        await asyncio.gather(*(batcher.submit(a, far()) for a in small + large))
+        await batcher.stop()
+        assert sorted(model.batches) == [(2, 3, 4, 4), (2, 3, 8, 8)]
+
+    asyncio.run(scenario())
+
+
+def test_a_lone_request_waits_at_most_max_wait() -> None:
+    async def scenario() -> None:
+        batcher = make(Model(), max_wait_s=0.05)
+        batcher.start()
+        started = time.perf_counter()
+        result = await batcher.submit(np.zeros(1, np.float32), far())
+        elapsed = time.perf_counter() - started
+        await batcher.stop()
+        assert result.timing.batch_size == 1
+        assert 0.04 <= elapsed < 1.0
+
+    asyncio.run(scenario())
+
+
+def test_full_queue_raises_overloaded_at_once_with_retry_after() -> None:
+    async def scenario() -> None:
+        model = Model(delay_s=0.3)
+        batcher = make(model, max_batch_size=1, queue_size=2, max_wait_s=0.0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(np.zeros(1, np.float32), far()))
+        await asyncio.to_thread(model.started.wait, 5)  # the first is in inference now
+        queued = [asyncio.ensure_future(batcher.submit(np.zeros(1, np.float32), far())) for _ in range(2)]
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        with pytest.raises(ServiceOverloaded) as raised:
+            await batcher.submit(np.zeros(1, np.float32), far())
+        assert time.perf_counter() - started < 0.1
+        assert raised.value.headers["Retry-After"] == "1"
+        await asyncio.gather(first, *queued)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_request_past_its_deadline_is_answered_and_never_inferred() -> None:
+    async def scenario() -> None:
+        model = Model(delay_s=0.3)
+        batcher = make(model, max_batch_size=1, max_wait_s=0.0)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(batcher.submit(np.zeros(1, np.float32), far()))
+        await asyncio.to_thread(model.started.wait, 5)
+        started = time.perf_counter()
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(np.ones(1, np.float32), loop.time() + 0.05)
+        assert time.perf_counter() - started < 0.25  # answered at its deadline, not after the batch
+        await first
+        await batcher.stop()
+        assert len(model.batches) == 1
+        assert batcher.depth == 0
+
+    asyncio.run(scenario())
+
+
+def test_cancelled_request_leaves_the_queue_without_inference() -> None:
+    async def scenario() -> None:
+        model = Model(delay_s=0.2)
+        batcher = make(model, max_batch_size=1, max_wait_s=0.0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(np.zeros(1, np.float32), far()))
+        await asyncio.to_thread(model.started.wait, 5)
+        gone = asyncio.ensure_future(batcher.submit(np.ones(1, np.float32), far()))
+        await asyncio.sleep(0.01)
+        assert batcher.depth == 1
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        assert batcher.depth == 0
+        await first
+        await batcher.stop()
+        assert len(model.batches) == 1
+
+    asyncio.run(scenario())
+
+
+def test_failed_inference_fails_only_its_batch() -> None:
+    async def scenario() -> None:
+        model = Model(fail_on=1)
+        batcher = make(model, max_batch_size=2, max_wait_s=0.02)
+        batcher.start()
+        failed = await asyncio.gather(
+            *(batcher.submit(np.zeros(1, np.float32), far()) for _ in range(2)), return_exceptions=True
+        )
+        assert all(isinstance(r, InferenceFailed) for r in failed)
+        ok = await batcher.submit(np.ones(1, np.float32), far())
+        np.testing.assert_array_equal(ok.outputs["out"], [2.0])
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_stop_finishes_queued_requests_then_refuses_new_ones() -> None:
+    async def scenario() -> None:
+        model = Model(delay_s=0.05)
+        batcher = make(model, max_batch_size=2, max_wait_s=0.0)
+        batcher.start()
+        pending = [asyncio.ensure_future(batcher.submit(np.zeros(1, np.float32), far())) for _ in range(5)]
+        await asyncio.sleep(0)
+        await batcher.stop()
+        results = await asyncio.gather(*pending)
+        assert len(results) == 5
+        with pytest.raises(NotReady):
+            await batcher.submit(np.zeros(1, np.float32), far())
+
+    asyncio.run(scenario())

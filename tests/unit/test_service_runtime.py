@@ -1,0 +1,53 @@
+"""ONNX Runtime sessions as the service opens them (real ONNX files from the model repository)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.metrics import Metrics
+from service.pipelines import DetectorPipeline, make_pipeline
+from service.repository import load_repository
+from service.runtime import create_session, requested_providers
+from service.settings import Settings
+
+
+def cpu_settings(**overrides: object) -> Settings:
+    return Settings(providers=["CPUExecutionProvider"], intra_op_threads=1, **overrides)  # type: ignore[arg-type]
+
+
+def test_session_reports_the_providers_it_really_got(model_repository: Path) -> None:
+    model = load_repository(model_repository)["classifier"]
+    session = create_session("classifier", model.onnx_path, Settings(intra_op_threads=1))
+    # CUDA is asked for first by default; on a host without a usable GPU the session runs on CPU.
+    assert session.providers[-1] == "CPUExecutionProvider"
+    assert set(session.providers) <= set(requested_providers(Settings()))
+
+
+def test_io_binding_gives_the_same_outputs_as_plain_run(model_repository: Path) -> None:
+    model = load_repository(model_repository)["face_detector"]
+    plain = create_session("face_detector", model.onnx_path, cpu_settings(io_binding=False))
+    bound = create_session("face_detector", model.onnx_path, cpu_settings(io_binding=True))
+    assert bound.io_binding and not plain.io_binding
+    batch = np.random.default_rng(0).standard_normal((2, 3, 320, 320)).astype(np.float32)
+    expected, got = plain.run(batch), bound.run(batch)
+    assert set(got) == {"boxes", "scores", "landmarks"}
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"), [(None, None), ([(256, 256), (256, 384)], [(256, 256), (256, 384)])]
+)
+def test_detection_buckets_come_from_config_unless_overridden(
+    model_repository: Path, override: list[tuple[int, int]] | None, expected: list[tuple[int, int]] | None
+) -> None:
+    model = load_repository(model_repository)["face_detector"]
+    settings = cpu_settings(detection_buckets=override)
+    session = create_session("face_detector", model.onnx_path, settings)
+    pipeline = make_pipeline(model, session, settings, Metrics().observer("face_detector"))
+    assert isinstance(pipeline, DetectorPipeline)
+    assert pipeline.buckets == (expected or [tuple(b) for b in model.config.size_buckets or []])
+    assert pipeline.warmup_shapes() == [(1, 3, h, w) for h, w in pipeline.buckets]
