@@ -116,4 +116,7 @@ HEALTHCHECK --interval=10s --timeout=4s --start-period=60s --retries=3 \
 # (up to POLYNL_REQUEST_TIMEOUT_S + 5 s), then the app's shutdown drains the batchers.
 CMD ["python", "-m", "service"]
 COPY --from=serve-deps /opt/venv /opt/venv
-COPY --from=runtime-files / /
+# Two COPYs, not `/ /`: copying a scratch stage's root would also copy its root directory's
+# mode onto the image's / and lock the non-root user out of everything.
+COPY --from=runtime-files /app /app
+COPY --from=runtime-files /models /models

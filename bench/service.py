@@ -348,21 +348,24 @@ def part_alternatives(args: argparse.Namespace, repository: Path, payloads: list
         litserve_spec(repository, args.threads, args.max_batch_size, args.max_wait_ms),
     ]
     runs: list[dict[str, Any]] = []
-    for spec in specs:
-        print(f"[alternatives] {spec.name}", flush=True)
-        with running(spec) as server:
-            runs.append(
-                {"server": spec.name, "summary": load_server(server, payloads, args, args.concurrency)}
-            )
-    ours = runs[0]["summary"]
-    for run in runs:
-        s = run["summary"]
-        run["throughput_ratio_ours_over_this"] = (
-            ours["steady_throughput_rps"] / s["steady_throughput_rps"] if s["steady_throughput_rps"] else None
-        )
-        p99 = s["latency_ms"].get("p99")
-        run["p99_ratio_this_over_ours"] = p99 / ours["latency_ms"]["p99"] if p99 else None
-    return {"concurrency": args.concurrency, "runs": runs}
+    # Rounds interleave the servers (ours, plain, LitServe, ours, ...): background load that
+    # drifts during the run then hits every server alike; ratios are taken within a round.
+    for round_ in range(1, args.rounds + 1):
+        this_round: list[dict[str, Any]] = []
+        for spec in specs:
+            print(f"[alternatives] round {round_}: {spec.name}", flush=True)
+            with running(spec) as server:
+                summary = load_server(server, payloads, args, args.concurrency)
+            this_round.append({"server": spec.name, "round": round_, "summary": summary})
+        ours = this_round[0]["summary"]
+        for run in this_round:
+            s = run["summary"]
+            rate = s["steady_throughput_rps"]
+            run["throughput_ratio_ours_over_this"] = ours["steady_throughput_rps"] / rate if rate else None
+            p99 = s["latency_ms"].get("p99")
+            run["p99_ratio_this_over_ours"] = p99 / ours["latency_ms"]["p99"] if p99 else None
+        runs += this_round
+    return {"concurrency": args.concurrency, "rounds": args.rounds, "runs": runs}
 
 
 def part_saturation(args: argparse.Namespace, payloads: list[Payload]) -> dict[str, Any]:
@@ -500,14 +503,15 @@ def markdown(report: dict[str, Any]) -> str:
             f"### Same model, three servers ({report['small_model']}, "
             f"{alt['concurrency']} clients, multipart)",
             "",
-            "| server | req/s | p50 ms | p99 ms | errors | mean batch | ours/this throughput "
+            "| round | server | req/s | p50 ms | p99 ms | errors | mean batch | ours/this throughput "
             "| this/ours p99 | server CPU ms/request | client CPU % |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for run in alt["runs"]:
             sm = run["summary"]
             lines.append(
-                f"| {run['server']} | {sm['steady_throughput_rps']:.1f} | {_lat(sm, 'p50')} "
+                f"| {run.get('round', 1)} | {run['server']} | {sm['steady_throughput_rps']:.1f} "
+                f"| {_lat(sm, 'p50')} "
                 f"| {_lat(sm, 'p99')} "
                 f"| {sm['errors']} | {_batches(sm)} | {_fmt(run['throughput_ratio_ours_over_this'])} "
                 f"| {_fmt(run['p99_ratio_this_over_ours'])} | {_cpu(sm)} "
@@ -590,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=90.0,
         help="seconds of load per ResNet-50 run (slow model)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternatives: rounds of the three servers, interleaved"
     )
     parser.add_argument("--max-batch-size", type=int, default=8, help="ours and LitServe's (alternatives)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="ours and LitServe's batch wait")

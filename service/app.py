@@ -25,10 +25,11 @@ from service.errors import install_error_handlers
 from service.images import allow_pixels
 from service.metrics import Metrics
 from service.middleware import EdgeMiddleware, RequestIdLogFilter
+from service.openapi import install_openapi
 from service.pipelines import DetectorPipeline, ModelPipeline, make_pipeline
-from service.repository import RepositoryError, load_repository
+from service.repository import LoadedModel, RepositoryError, load_repository
 from service.routes import classify, demo, detect, health, models
-from service.runtime import create_session
+from service.runtime import ModelSession, create_session
 from service.settings import Settings, get_settings
 from service.state import ServiceState
 
@@ -50,13 +51,46 @@ def configure_logging(level: str) -> None:
         service_logger.propagate = False
 
 
+# The outputs the pipelines read, per task (see service.pipelines).
+_TASK_OUTPUTS = {"face_detection": {"boxes", "scores", "landmarks"}}
+
+
+def check_contract(model: LoadedModel, session: ModelSession) -> None:
+    """The ONNX graph must have the input and outputs its config.json promises: a file from
+    another model (checksum updated by hand) would load, warm up, and answer garbage."""
+    config = model.config
+    outputs = set(session.output_names)
+    expected = set(config.outputs) | _TASK_OUTPUTS.get(config.task, set())
+    if session.input_name != config.input.name or not expected <= outputs:
+        raise RepositoryError(
+            f"model {config.name}: {model.onnx_path} has input {session.input_name!r} and outputs "
+            f"{sorted(outputs)}; config.json promises input {config.input.name!r} and outputs "
+            f"{sorted(expected)}"
+        )
+
+
+def open_model(name: str, model: LoadedModel, settings: Settings, metrics: Metrics) -> ModelPipeline:
+    """One model's session, checked against its config and warmed up, or a RepositoryError."""
+    try:
+        session = create_session(name, model.onnx_path, settings)
+    except Exception as exc:  # ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...)
+        raise RepositoryError(f"model {name}: ONNX Runtime cannot load {model.onnx_path}: {exc}") from exc
+    check_contract(model, session)
+    pipeline = make_pipeline(model, session, settings, metrics.observer(name))
+    try:
+        pipeline.warm_up()
+    except Exception as exc:
+        raise RepositoryError(f"model {name}: warm-up inference failed: {exc}") from exc
+    return pipeline
+
+
 def load_pipelines(settings: Settings, metrics: Metrics) -> dict[str, ModelPipeline]:
     """Repository -> sessions -> warmed-up pipelines (blocking; runs in a thread)."""
     repository = load_repository(settings.model_repository, verify=settings.verify_checksums)
     pipelines: dict[str, ModelPipeline] = {}
     for name, model in repository.items():
-        session = create_session(name, model.onnx_path, settings)
-        pipeline = make_pipeline(model, session, settings, metrics.observer(name))
+        pipeline = open_model(name, model, settings, metrics)
+        session = pipeline.session
         logger.info(
             "model %s v%d (%s, block=%s, sha256 %s...) on %s%s",
             name,
@@ -67,7 +101,6 @@ def load_pipelines(settings: Settings, metrics: Metrics) -> dict[str, ModelPipel
             ", ".join(session.providers),
             f", buckets {pipeline.buckets}" if isinstance(pipeline, DetectorPipeline) else "",
         )
-        pipeline.warm_up()
         pipelines[name] = pipeline
     return pipelines
 
@@ -135,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (classify, detect, health, models, demo):
         app.include_router(module.router)
+    install_openapi(app)
     return app
 
 

@@ -131,8 +131,9 @@ class Batcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
 
-    async def submit(self, array: np.ndarray, deadline: float, tag: str = "") -> BatchResult:
-        """Queue one array; wait for its outputs until ``deadline`` (``loop.time()`` based)."""
+    def check_room(self) -> None:
+        """Refuse at once when the queue is full or closing (503): callers check before they
+        spend a decode on a request that :meth:`submit` would refuse anyway."""
         if self._closing or self._task is None:
             raise NotReady(f"model {self.name!r} is not accepting requests", self.retry_after_s)
         if self._depth >= self.queue_size:
@@ -140,13 +141,21 @@ class Batcher:
             raise ServiceOverloaded(
                 f"model {self.name!r} has {self._depth} images queued; retry later", self.retry_after_s
             )
+
+    async def submit(self, array: np.ndarray, deadline: float, tag: str = "") -> BatchResult:
+        """Queue one array; wait for its outputs until ``deadline`` (``loop.time()`` based)."""
+        self.check_room()
         loop = asyncio.get_running_loop()
         item = _Item(
             array=array, future=loop.create_future(), enqueued_at=loop.time(), deadline=deadline, tag=tag
         )
-        self._pending.setdefault(tuple(array.shape), deque()).append(item)
+        queue = self._pending.setdefault(tuple(array.shape), deque())
+        queue.append(item)
         self._set_depth(self._depth + 1)
-        self._wake.set()
+        # Wake the worker only when it has a new decision to make (work after idling, or a
+        # full batch); waking it for every arrival costs a wake-up and a timer per request.
+        if self._depth == 1 or len(queue) >= self.max_batch_size:
+            self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, deadline - loop.time()))
         except TimeoutError:

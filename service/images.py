@@ -102,12 +102,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, max_image_pixels: int) -> DecodedImage:
-    """Bytes -> RGB image, or a client error. Runs in the decode thread pool."""
+def open_image(data: bytes, max_image_pixels: int) -> Image.Image:
+    """Bytes -> an image whose header is read and within the pixel limit; no pixel decoded.
+
+    Cheap (header only), so the service calls it on the event loop and then decides, from
+    the size, whether the decode itself is small enough to run there too."""
     if not data:
         raise EmptyBody("the image is empty (0 bytes)")
     image = _open(data, max_image_pixels)
-    _check_pixels(image, max_image_pixels)  # header only: no pixel is decoded yet
+    _check_pixels(image, max_image_pixels)
+    return image
+
+
+def decode_image(data: bytes, max_image_pixels: int) -> DecodedImage:
+    """Bytes -> RGB image, or a client error."""
+    return load_image(open_image(data, max_image_pixels), max_image_pixels)
+
+
+def load_image(image: Image.Image, max_image_pixels: int) -> DecodedImage:
+    """An image from :func:`open_image` -> RGB image, or a client error (decodes the pixels)."""
     image_format = str(image.format or "unknown")
     original_mode = image.mode
     try:

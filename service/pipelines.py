@@ -1,6 +1,7 @@
 """One model's path from upload bytes to an answer, step by step (LitServe-style).
 
-For each image: ``prepare`` (decode + preprocess, in the decode thread pool) ->
+For each image: ``prepare`` (decode + preprocess: on the event loop for thumbnails up to
+``inline_decode_max_pixels``, in the decode thread pool otherwise) ->
 ``Batcher.submit`` (queue, batch, one ONNX Runtime call, slice) -> ``answer``
 (softmax/top-k or NMS + mapping to original pixels). The routes call
 :meth:`ModelPipeline.infer` and build the HTTP response; this module knows nothing about
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from service.batching import Batcher, BatchObserver, BatchResult, PredictFn
-from service.images import decode_image
+from service.images import load_image, open_image
 from service.postprocess import faces_to_original, select_faces, softmax, top_k
 from service.preprocess import choose_bucket, classifier_input, letterbox
 from service.repository import LoadedModel, ModelConfig
@@ -32,6 +33,10 @@ from service.settings import Settings
 logger = logging.getLogger("service.pipelines")
 
 DEFAULT_BUCKETS: list[tuple[int, int]] = [(480, 640), (640, 640)]
+
+# Upload bytes allowed per pixel for an inline decode (see ModelPipeline._decode_inline):
+# RGBA uncompressed is 4; more means extra frames, pages or metadata.
+_INLINE_BYTES_PER_PIXEL = 4
 
 
 @dataclass(frozen=True)
@@ -152,9 +157,13 @@ class ModelPipeline:
             logger.info("model %s: warm-up %s in %.0f ms", self.name, shape, elapsed_ms)
 
     def prepare(self, data: bytes) -> Prepared:
-        """Decode + preprocess one upload (runs in the decode thread pool)."""
+        """Decode + preprocess one upload, all of it in the calling thread."""
         started = time.perf_counter()
-        decoded = decode_image(data, self.settings.max_image_pixels)
+        return self._finish(open_image(data, self.settings.max_image_pixels), started)
+
+    def _finish(self, image: Image.Image, started: float) -> Prepared:
+        """Decode the pixels of an opened image and preprocess them."""
+        decoded = load_image(image, self.settings.max_image_pixels)
         array, scale = self.preprocess(decoded.image)
         return Prepared(
             array=array,
@@ -164,9 +173,24 @@ class ModelPipeline:
             decode_ms=(time.perf_counter() - started) * 1000.0,
         )
 
+    def _decode_inline(self, image: Image.Image, size_bytes: int) -> bool:
+        """Small enough to decode on the event loop? A thread-pool round trip costs more CPU
+        than decoding a thumbnail (tens of microseconds), so only big images go to the pool,
+        where they cannot stall the loop. Bytes are bounded too: many frames or pages of a
+        small image would otherwise still be read inline."""
+        limit = self.settings.inline_decode_max_pixels
+        width, height = image.size
+        return width * height <= limit and size_bytes <= _INLINE_BYTES_PER_PIXEL * limit + 4096
+
+    async def _prepare(self, data: bytes, decode_pool: Executor) -> Prepared:
+        started = time.perf_counter()
+        image = open_image(data, self.settings.max_image_pixels)  # header only: cheap
+        if self._decode_inline(image, len(data)):
+            return self._finish(image, started)
+        return await asyncio.get_running_loop().run_in_executor(decode_pool, self._finish, image, started)
+
     async def _one(self, upload: Upload, decode_pool: Executor, deadline: float, tag: str) -> ImageOutcome:
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(decode_pool, self.prepare, upload.data)
+        prepared = await self._prepare(upload.data, decode_pool)
         result = await self.batcher.submit(prepared.array, deadline, tag)
         return ImageOutcome(upload=upload, prepared=prepared, result=result)
 
@@ -176,6 +200,11 @@ class ModelPipeline:
         """Every image of one request through decode and the batcher, concurrently.
 
         ``tag`` (the request id) labels the request's images in the batcher's logs."""
+        # Under overload, refuse before decoding: a 503 should cost the server nothing.
+        self.batcher.check_room()
+        if len(uploads) == 1:
+            # The common case needs no task per image (cancellation reaches _one directly).
+            return [await self._one(uploads[0], decode_pool, deadline, tag)]
         tasks = [asyncio.ensure_future(self._one(u, decode_pool, deadline, tag)) for u in uploads]
         return await _first_error_or_all(tasks)
 

@@ -25,6 +25,11 @@ def normalize(rgb: np.ndarray, preprocess: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(chw.transpose(2, 0, 1))
 
 
+# Largest intermediate image (in multiples of the model's input area) that classifier_input
+# builds by upscaling before its centre crop; beyond it only the crop's box is resampled.
+_MAX_UPSCALE_AREA = 16
+
+
 def classifier_input(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
     """Shorter side to the model size, centre crop, normalise: (3, H, W) float32."""
     if preprocess.size is None:
@@ -34,10 +39,18 @@ def classifier_input(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
     scale = max(target_w / width, target_h / height)
     new_w = max(target_w, round(width * scale))
     new_h = max(target_h, round(height * scale))
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left = (new_w - target_w) // 2
     top = (new_h - target_h) // 2
+    if new_w * new_h > max(width * height, _MAX_UPSCALE_AREA * target_w * target_h):
+        # A sliver (1 x 100000 pixels) would be upscaled to 32 x 3200000 before the crop:
+        # gigabytes from a few hundred bytes of PNG. Resample only the crop's source box
+        # instead (same sampling grid; values equal to within one level of 8-bit rounding).
+        sx, sy = new_w / width, new_h / height
+        box = (left / sx, top / sy, (left + target_w) / sx, (top + target_h) / sy)
+        image = image.resize((target_w, target_h), Image.Resampling.BILINEAR, box=box)
+        return normalize(np.asarray(image, dtype=np.uint8), preprocess)
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     image = image.crop((left, top, left + target_w, top + target_h))
     return normalize(np.asarray(image, dtype=np.uint8), preprocess)
 

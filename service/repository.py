@@ -3,8 +3,10 @@
 Layout (Triton-style, one folder per model, one sub-folder per integer version)::
 
     model_repository/
-      classifier/1/model.onnx, config.json, config.pbtxt
-      face_detector/1/model.onnx, config.json, config.pbtxt
+      classifier/config.pbtxt, classifier/1/model.onnx, classifier/1/config.json
+      face_detector/config.pbtxt, face_detector/1/model.onnx, face_detector/1/config.json
+
+(``config.pbtxt`` is for Triton Inference Server, which looks for it beside the version folders.)
 
 ``config.json`` holds everything the service needs and nothing it must guess:
 input name and layout, preprocessing, labels, detector priors and size buckets, opset,

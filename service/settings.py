@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest width*height decoded.")
     max_images_per_request: int = Field(default=16, ge=1)
     decode_threads: int = Field(default=4, ge=1, description="Threads for decoding and preprocessing.")
+    inline_decode_max_pixels: int = Field(
+        default=128 * 128,
+        ge=0,
+        description="Images up to this many pixels are decoded on the event loop (cheaper than a "
+        "thread hop); larger ones in the decode threads. 0 = always in the threads.",
+    )
 
     # --- detection ----------------------------------------------------------------------
     detection_buckets: Annotated[list[tuple[int, int]] | None, NoDecode] = Field(

@@ -136,6 +136,40 @@ def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     )
 
 
+def random_bytes(size: int = 4096, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+def png_16bit_rgb(width: int = 8, height: int = 4, alpha: bool = False) -> bytes:
+    """48-bit RGB (or 64-bit RGBA) PNG, written by hand: Pillow cannot save these depths."""
+    channels = 4 if alpha else 3
+    header = struct.pack(">IIBBBBB", width, height, 16, 6 if alpha else 2, 0, 0, 0)
+    row = np.full((width, channels), 0x8080, dtype=">u2").tobytes()
+    rows = zlib.compress(b"".join(b"\x00" + row for _ in range(height)))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", rows)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def jpeg_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
+    """A small valid JPEG whose frame header (SOF0) is patched to claim ``width x height``."""
+    data = bytearray(encode(gradient(16, 16), "JPEG", quality=50))
+    sof = data.index(b"\xff\xc0")
+    # SOF0: marker(2) length(2) precision(1) height(2) width(2)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def gif_bomb(width: int = 65_535, height: int = 65_535) -> bytes:
+    """A small GIF whose logical screen claims ``width x height``."""
+    data = bytearray(encode(Image.new("P", (4, 4), 1), "GIF"))
+    data[6:10] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
 # Valid images in unusual modes/containers: all must decode to RGB.
 CONVERTIBLE = {
     "cmyk_jpeg": cmyk_jpeg,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import Checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.classification.data import augment_batch, load_image_set, to_normalised_tensor
 from models.resnet import ResNet, ResNetConfig
 
@@ -67,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (tests)")
     p.add_argument(
+        "--init",
+        type=Path,
+        help="start from the weights of a classifier checkpoint (fine-tuning, a warm restart)",
+    )
+    p.add_argument(
         "--finalize",
         action="store_true",
         help="write the final checkpoint from OUT/last.pt now, without training (snapshot)",
@@ -80,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if key not in vars(args):
                 p.error(f"unknown option {key!r} in {args.config}")
             if key not in explicit:
-                setattr(args, key, Path(value) if key in ("data", "val", "out", "final") else value)
+                setattr(args, key, Path(value) if key in ("data", "val", "out", "final", "init") else value)
     if args.data is None:
         p.error("--data is required (in the CLI or the config file)")
     return args
@@ -163,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
 
     start_epoch, history, elapsed = 0, [], 0.0
+    if args.init:
+        init = load_checkpoint(args.init)
+        if init.task != "classifier" or ResNetConfig.from_dict(init.arch) != config:
+            raise SystemExit(f"--init {args.init} is not a classifier of this architecture")
+        model.load_state_dict(init.state_dict)
+        history = list(init.training.get("history", []))
+        elapsed = float(init.training.get("train_seconds", 0.0))
+        log.info("initialised from %s (%d earlier epochs)", args.init, len(history))
     resume = args.out / "last.pt"
     if resume.is_file():
         state = torch.load(resume, map_location="cpu", weights_only=False)
@@ -211,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if val_x is not None and val_y is not None:
             record.update(evaluate(model, val_x, val_y))
+        if args.init:
+            record["warm_restart_from"] = str(args.init)
         history.append(record)
         log.info("epoch %d done: %s", epoch + 1, record)
         torch.save(

@@ -88,14 +88,14 @@ class ResNet50Backbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         trunk = ResNet(ResNetConfig(depth=50, block="none", num_classes=1))
-        self.conv1 = trunk.conv1
+        self.conv1: nn.Module = trunk.conv1
         self.bn1 = trunk.bn1
         self.relu = trunk.relu
         self.maxpool = trunk.maxpool
-        self.layer1 = trunk.layer1
-        self.layer2 = trunk.layer2
-        self.layer3 = trunk.layer3
-        self.layer4 = trunk.layer4
+        self.layer1 = trunk.get_submodule("layer1")
+        self.layer2 = trunk.get_submodule("layer2")
+        self.layer3 = trunk.get_submodule("layer3")
+        self.layer4 = trunk.get_submodule("layer4")
 
     def run_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Stage 0 (stem .. layer2), 1 (layer3), 2 (layer4) -> output at stride 8, 16, 32."""

@@ -105,9 +105,12 @@ def load_public_weights(
     model: RetinaFace, source: str | Path | Mapping[str, torch.Tensor], bgr_input: bool = True
 ) -> RetinaFace:
     """Fill ``model`` from a public-layout file or state dict; returns the model."""
-    if isinstance(source, str | Path):
-        source = torch.load(source, map_location="cpu", weights_only=True)
-    model.load_state_dict(convert_public_state_dict(source, model, bgr_input), strict=True)
+    state = (
+        torch.load(source, map_location="cpu", weights_only=True)
+        if isinstance(source, str | Path)
+        else source
+    )
+    model.load_state_dict(convert_public_state_dict(state, model, bgr_input), strict=True)
     return model
 
 

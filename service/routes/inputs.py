@@ -33,28 +33,46 @@ T = TypeVar("T")
 
 FILE_FIELDS = ("file", "files")
 
-# The request body, documented by hand because the route reads it itself (to enforce
-# limits while streaming and to accept both multipart and raw bodies).
-IMAGE_REQUEST_BODY: dict[str, Any] = {
-    "requestBody": {
+
+def multipart_schema(max_images: int | None = None) -> dict[str, Any]:
+    """The multipart body's JSON schema: one ``file``, or 1..``max_images`` ``files``.
+
+    An empty ``files`` list sends nothing on the wire, so it may sit beside ``file``; any
+    other combination, or any other field, is refused (400 unexpected_field). Written
+    without ``not``/``oneOf`` so that schema-driven generators handle it.
+    """
+    binary = {"type": "string", "format": "binary", "minLength": 1}  # an empty file is a 400
+    several: dict[str, Any] = {"minItems": 1}
+    if max_images is not None:
+        several["maxItems"] = max_images
+    return {
+        "type": "object",
+        "properties": {"file": binary, "files": {"type": "array", "items": binary}},
+        "anyOf": [
+            {"required": ["file"], "properties": {"files": {"maxItems": 0}}},
+            {"required": ["files"], "maxProperties": 1, "properties": {"files": several}},
+        ],
+        "additionalProperties": False,
+    }
+
+
+def image_request_body(max_images: int | None = None) -> dict[str, Any]:
+    """The request body, documented by hand because the route reads it itself (to enforce
+    limits while streaming and to accept both multipart and raw bodies)."""
+    raw = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
+    return {
         "required": True,
         "description": "One image as multipart field `file`, several as repeated `files` fields, "
         "or one image as the raw body with an image content type.",
         "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    },
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": multipart_schema(max_images)},
+            "image/*": raw,
+            "application/octet-stream": raw,
         },
     }
-}
+
+
+IMAGE_REQUEST_BODY: dict[str, Any] = {"requestBody": image_request_body()}
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -84,6 +102,8 @@ async def _read_form(request: Request, settings: Settings) -> list[Upload]:
             ) from exc
         raise MalformedBody(f"cannot parse the multipart body: {detail}") from exc
     try:
+        if set(FILE_FIELDS) <= set(form.keys()):
+            raise UnexpectedField("send one image as 'file' or several as 'files', not both")
         uploads = []
         for key, value in form.multi_items():
             if key not in FILE_FIELDS:

@@ -16,14 +16,27 @@ SHIPPED = Path(__file__).resolve().parents[2] / "models" / "weights" / "face_det
 SLICE = ("images/gpripe.jpg", "images/trekcolr.jpg", "images/window.jpg")
 
 
+def _write_slice(folder: Path, picked: list[dict[str, object]]) -> Path:
+    path = folder / "labels.json"
+    path.write_text(json.dumps({"images": picked}))
+    return path
+
+
 @pytest.fixture(scope="module")
 def slice_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     labels = json.loads((CMUMIT / "labels.json").read_text())
     picked = [entry for entry in labels["images"] if entry["file"] in SLICE]
     assert len(picked) == len(SLICE)
-    path = tmp_path_factory.mktemp("labels") / "labels.json"
-    path.write_text(json.dumps({"images": picked}))
-    return path
+    return _write_slice(tmp_path_factory.mktemp("labels"), picked)
+
+
+@pytest.fixture(scope="module")
+def small_photos_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 12 smallest photos with faces (16 faces): a quick but real check of a model."""
+    labels = json.loads((CMUMIT / "labels.json").read_text())
+    with_faces = [entry for entry in labels["images"] if entry["faces"]]
+    picked = sorted(with_faces, key=lambda e: (e["width"] * e["height"], e["file"]))[:12]
+    return _write_slice(tmp_path_factory.mktemp("small"), picked)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +113,7 @@ def test_baseline_cli_runs_haar_through_the_same_metrics(slice_labels: Path, tmp
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason=f"shipped weights {SHIPPED} not trained yet")
-def test_shipped_detector_finds_faces_on_a_cmumit_slice(tmp_path: Path) -> None:
+def test_shipped_detector_finds_faces_on_a_cmumit_slice(small_photos_labels: Path, tmp_path: Path) -> None:
     result = main(
         [
             "detector",
@@ -108,16 +121,16 @@ def test_shipped_detector_finds_faces_on_a_cmumit_slice(tmp_path: Path) -> None:
             str(SHIPPED),
             "--data",
             str(CMUMIT),
-            "--limit",
-            "8",
+            "--labels",
+            str(small_photos_labels),
             "--json",
             str(tmp_path / "eval.json"),
         ]
     )
     entry = result["detectors"]["polynl-retinaface"]
-    # The full-set figures live in models/cards/face_detector_eval.json; on this slice the
-    # shipped model must still clearly detect faces.
-    assert entry["ap"]["0.3"] > 0.6
+    # Full-set figures: models/cards/face_detector_eval.json. These small, clear photos are easy:
+    # Haar, res10 SSD and MTCNN all reach AP@0.3 = 1.0 here, so 0.7 is a floor, not a target.
+    assert entry["ap"]["0.3"] > 0.7
     assert entry["nme"]["matched_faces"] > 0
 
 
