@@ -38,6 +38,7 @@ INCLUDE="python3,python3-venv,python3-pip,ca-certificates"
 [[ -n $EXTRA ]] && INCLUDE="$INCLUDE,$EXTRA"
 
 ROOTFS="$(mktemp -d /tmp/polynl-rootfs.XXXXXX)"
+chmod 0755 "$ROOTFS"  # becomes the image's /: mktemp's 0700 would lock out non-root users
 trap 'rm -rf "$ROOTFS"' EXIT
 echo "[base] debootstrap $SUITE ($INCLUDE) into $ROOTFS"
 start=$SECONDS

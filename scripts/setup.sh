@@ -11,10 +11,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 STAMP=".venv/.polynl-installed"
-WANT="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) $EXTRAS"
+WANT="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) $EXTRAS"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "==> installing polynl-serve[$EXTRAS] into .venv (first run takes a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
-  .venv/bin/python -m pip install --quiet -e ".[$EXTRAS]"
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[$EXTRAS]"
   echo "$WANT" > "$STAMP"
 fi

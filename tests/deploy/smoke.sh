@@ -135,11 +135,9 @@ build() {  # build <target> <tag>
 : >"$WORK/build.log"
 build runtime "$IMAGE"
 BUILD_S=$((SECONDS - build_start))
-build export "$EXPORT_IMAGE"  # every layer is cached by the runtime build: tags it only
 size_mb="$(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f", $1 / 1e6}')"
-export_mb="$(docker image inspect -f '{{.Size}}' "$EXPORT_IMAGE" | awk '{printf "%.0f", $1 / 1e6}')"
 cached=$(grep -c "Using cache" "$WORK/build.log" || true)
-say "build: ${BUILD_S} s ($cached cached steps); image $IMAGE: ${size_mb} MB (export image ${export_mb} MB)"
+say "build: ${BUILD_S} s ($cached cached steps); image $IMAGE: ${size_mb} MB"
 
 # --- run --------------------------------------------------------------------------------
 export POLYNL_IMAGE="$IMAGE" POLYNL_EXPORT_IMAGE="$EXPORT_IMAGE" POLYNL_PORT="$PORT"
