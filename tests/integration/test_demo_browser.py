@@ -236,6 +236,7 @@ def test_classification_is_shown_as_bars_with_the_api_probabilities(page: Any) -
     page.fill("#top-k", "3")
     _, classify = upload(page, [SAMPLES / "cifar_cat.png", SAMPLES / "cat.jpg"])
     assert classify["status"] == 200
+    page.wait_for_load_state("networkidle")  # let any re-query (top-k field) finish and render
     results = classify["body"]["results"]
     assert len(results) == 2  # two images, one request (`files`)
     for index, result in enumerate(results):
@@ -245,8 +246,13 @@ def test_classification_is_shown_as_bars_with_the_api_probabilities(page: Any) -
             assert row.get_attribute("data-label") == entry["label"]
             assert float(row.get_attribute("data-probability")) == pytest.approx(entry["probability"])
             assert f"{entry['probability'] * 100:.1f}%" in row.text_content()
-            width = row.locator(".fill").evaluate("e => e.getBoundingClientRect().width")
-            full = row.locator(".bar").evaluate("e => e.getBoundingClientRect().width")
+            # One evaluate for both widths: the page may re-render the results (the top-k field's
+            # own debounced re-query), and two separate lookups could measure two renders.
+            width, full = row.evaluate(
+                "r => [r.querySelector('.fill').getBoundingClientRect().width,"
+                " r.querySelector('.bar').getBoundingClientRect().width]"
+            )
+            assert full > 0
             assert width == pytest.approx(full * entry["probability"], abs=1.5)
     model = classify["body"]["model"]
     assert f"{model['name']} v{model['version']}" in page.text_content("#classify-meta")
