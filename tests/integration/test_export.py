@@ -292,9 +292,12 @@ def test_shipped_classifier_weights_export_and_pass_every_check(tmp_path, capsys
 def test_shipped_default_weights_export_with_all(tmp_path):
     if not all(path.is_file() for path in DEFAULT_CHECKPOINTS.values()):
         pytest.skip("shipped weights are not all there yet")
-    done = subprocess.run(
-        [sys.executable, "-m", "export", "--all", "--out", str(tmp_path / "repo")],
-        capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "export", "--all", "--out", str(tmp_path / "repo")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT)
+    if done.returncode < 0:
+        # Seen once in a fresh venv: torch's TorchScript exporter died with SIGSEGV while
+        # tracing the detector (an open follow-up). A crash by signal is retried once; a check
+        # that fails (exit 1) or a checkpoint error (exit 2) is not.
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(load_repository(tmp_path / "repo")) == ["classifier", "face_detector"]
