@@ -8,7 +8,8 @@ exported with the project's exporter (``export.onnx_export.export_onnx``), exact
 ``python -m export`` writes the shipped files.
 
 Models:
-  - ``classifier``: the shipped CIFAR ResNet-20 (blocks before the last block of stages 2, 3), 32x32;
+  - ``classifier``: the shipped classifier's architecture (read from ``models/weights/classifier.pt``:
+    CIFAR ResNet-20, width 32, blocks before the last block of stages 2 and 3), 32x32;
   - ``detector``: the shipped RetinaFace MobileNet-0.25 (block at stride 16), decoded outputs,
     at the detector's default 320x320 bucket (and 640x640 with ``--detector-size``);
   - ``resnet50``: the paper-size classifier, ResNet-50 with a block before the last block of
@@ -42,6 +43,7 @@ VARIANTS = ("none", "polynl", "nonlocal")
 MODELS = ("classifier", "detector", "resnet50")
 DEFAULT_BATCHES = {"classifier": "1,8,32,128", "detector": "1,4,8", "resnet50": "1,4,16"}
 RESULTS = Path(__file__).resolve().parent / "results"
+SHIPPED_CLASSIFIER = Path(__file__).resolve().parents[1] / "models" / "weights" / "classifier.pt"
 
 
 def build_variant(model: str, block: str, detector_size: int) -> tuple[Any, Any, tuple[int, int]]:
@@ -49,12 +51,12 @@ def build_variant(model: str, block: str, detector_size: int) -> tuple[Any, Any,
     import torch
 
     from export.onnx_export import classifier_spec, detector_spec
-    from models.resnet import cifar_resnet, resnet50
+    from models.resnet import resnet50
 
     torch.manual_seed(0)
     module: torch.nn.Module
     if model == "classifier":
-        module, spec, hw = cifar_resnet(20, num_classes=10, block=block), classifier_spec(32, 32), (32, 32)
+        module, spec, hw = shipped_classifier_variant(block), classifier_spec(32, 32), (32, 32)
     elif model == "resnet50":
         module, spec, hw = resnet50(1000, block=block), classifier_spec(224, 224), (224, 224)
     elif model == "detector":
@@ -68,6 +70,17 @@ def build_variant(model: str, block: str, detector_size: int) -> tuple[Any, Any,
         raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
     _randomise_block_outputs(module)
     return module.eval(), spec, hw
+
+
+def shipped_classifier_variant(block: str) -> Any:
+    """The shipped classifier's architecture (depth, width, block places) with ``block`` in them."""
+    import dataclasses
+
+    from models.checkpoint import load_checkpoint
+    from models.resnet import ResNet, ResNetConfig
+
+    shipped = ResNetConfig.from_dict(load_checkpoint(SHIPPED_CLASSIFIER).arch)
+    return ResNet(dataclasses.replace(shipped, block=block))
 
 
 def _randomise_block_outputs(module: Any) -> None:

@@ -20,6 +20,7 @@ the file).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import sys
 import time
 from collections.abc import Sequence
@@ -148,4 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A native crash inside torch's exporter (seen rarely, under heavy CPU load) then prints
+    # the Python stack where it happened instead of dying silently.
+    faulthandler.enable()
     sys.exit(main())

@@ -406,10 +406,15 @@ def evaluate_face_detectors(
         plot_pr_curves(curves, args.plot, title=f"Precision-recall on {Path(args.data).name}")
         print(f"PR curves: {args.plot}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(output, indent=2) + "\n")
-        print(f"results: {args.json}")
+        write_results(args.json, output)
     return output
+
+
+def write_results(path: str | Path, results: dict[str, Any]) -> None:
+    """The results as indented JSON (folders created), and a line saying where."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {path}")
 
 
 # =========================================================================== CLI
@@ -466,9 +471,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         top_k = next(key for key in result if key.startswith("top") and key != "top1")
         print(f"top-1 {result['top1']:.4f}  {top_k} {result[top_k]:.4f}  on {result['images']} images")
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-            print(f"results: {args.json}")
+            write_results(args.json, result)
         return result
 
     from models.baselines import make_baseline

@@ -25,6 +25,7 @@ from torch import nn
 
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.classification.data import augment_batch, load_image_set, to_normalised_tensor
+from models.device import device_description, training_device
 from models.resnet import ResNet, ResNetConfig
 
 log = logging.getLogger("models.train.classifier")
@@ -65,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--std", type=float, nargs=3, default=CIFAR_STD)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device to train on: cpu, cuda, cuda:1, or auto (cuda when available)",
+    )
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (tests)")
     p.add_argument(
         "--init",
@@ -137,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = training_device(args.device)
+    if device.type == "cuda":
+        # Fixed input size: let cuDNN pick the fastest kernels once.
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     size = (args.size, args.size)
@@ -148,11 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     train_x = to_normalised_tensor(train_set.images, args.mean, args.std)
     train_y = torch.from_numpy(train_set.labels)
-    val_x = to_normalised_tensor(val_set.images, args.mean, args.std) if val_set else None
-    val_y = torch.from_numpy(val_set.labels) if val_set else None
+    # The training set stays on the CPU (augmentation draws from the CPU generator, so a run is
+    # the same on any device); batches and the validation set go to the device.
+    val_x = to_normalised_tensor(val_set.images, args.mean, args.std).to(device) if val_set else None
+    val_y = torch.from_numpy(val_set.labels).to(device) if val_set else None
+    log.info("training on %s", device)
 
     config = model_config(args, len(train_set.classes))
-    model = ResNet(config).to(memory_format=torch.channels_last)
+    model = ResNet(config).to(device=device, memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD(
@@ -180,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if resume.is_file():
         state = torch.load(resume, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # moves its state to the parameters' device
         generator.set_state(state["generator"])
         start_epoch, history, elapsed = state["epoch"], state["history"], state.get("elapsed", 0.0)
         log.info("resumed from %s at epoch %d", resume, start_epoch)
@@ -190,19 +203,23 @@ def main(argv: list[str] | None = None) -> int:
         model.train()
         began = time.time()
         order = torch.randperm(len(train_y), generator=generator)
-        running, seen = 0.0, 0
+        running: torch.Tensor | float = 0.0
+        seen = 0
         for i in range(steps_per_epoch):
             index = order[i * args.batch_size : (i + 1) * args.batch_size]
             batch = augment_batch(train_x[index], args.padding, generator)
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            target = train_y[index].to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, args.lr)
-            loss = criterion(model(batch), train_y[index])
+            loss = criterion(model(batch), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            running += loss.item() * len(index)
+            # Summed on the device: reading the loss every step would make the CPU wait for
+            # the GPU each step instead of queueing the next one.
+            running = running + loss.detach() * len(index)
             seen += len(index)
             if i % 50 == 0:
                 log.info(
@@ -211,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.epochs,
                     i,
                     steps_per_epoch,
-                    running / seen,
+                    float(running) / seen,
                     optimizer.param_groups[0]["lr"],
                 )
             if args.max_steps and step >= args.max_steps:
@@ -219,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed += time.time() - began
         record: dict[str, Any] = {
             "epoch": epoch + 1,
-            "train_loss": running / max(seen, 1),
+            "train_loss": float(running) / max(seen, 1),
             "seconds": round(time.time() - began, 1),
         }
         if val_x is not None and val_y is not None:
@@ -247,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         "history": history,
         "train_seconds": round(elapsed, 1),
         "torch_threads": torch.get_num_threads(),
+        "device": device_description(device),
+        "torch": str(torch.__version__),
         "final": history[-1] if history else {},
     }
     preprocess = {
@@ -256,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "std": list(args.std),
         "interpolation": "bilinear",
     }
-    state_dict = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     checkpoint = Checkpoint(
         task="classifier",
         arch=config.to_dict(),

@@ -42,6 +42,14 @@ class MatchedTargets:
     positive: torch.Tensor  # (P,) bool: prior matched to a face
     landm_valid: torch.Tensor  # (P,) bool: positive and the face has landmarks
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MatchedTargets:
+        return MatchedTargets(
+            *(
+                t.to(device, non_blocking=non_blocking)
+                for t in (self.loc, self.landm, self.positive, self.landm_valid)
+            )
+        )
+
 
 def match(
     boxes: torch.Tensor,
@@ -129,9 +137,15 @@ class MultiBoxLoss(nn.Module):
         landmarks: Sequence[torch.Tensor],
     ) -> dict[str, torch.Tensor]:
         """Outputs of ``RetinaFace`` and per-image ground truth -> the loss terms and ``total``."""
-        loc_p, conf_p, landm_p = outputs
         with torch.no_grad():
-            t = self.targets(boxes, landmarks, priors)
+            targets = self.targets(boxes, landmarks, priors)
+        return self.from_targets(outputs, targets)
+
+    def from_targets(
+        self, outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], t: MatchedTargets
+    ) -> dict[str, torch.Tensor]:
+        """The loss against targets already matched by :meth:`targets` (e.g. in data-loader workers)."""
+        loc_p, conf_p, landm_p = outputs
         pos = t.positive
         num_pos = pos.sum().clamp_min(1).float()
 

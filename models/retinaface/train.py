@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import Checkpoint, save_checkpoint
+from models.device import device_description, training_device
 from models.retinaface.data import (
     PREPROCESS,
     Augmented,
@@ -43,7 +44,7 @@ from models.retinaface.data import (
     WiderFaceLabels,
     to_training_batch,
 )
-from models.retinaface.loss import MultiBoxLoss
+from models.retinaface.loss import MatchedTargets, MultiBoxLoss
 from models.retinaface.net import RetinaFace, RetinaFaceConfig
 from models.retinaface.priors import generate_priors
 
@@ -84,6 +85,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--partial-face-prob", type=float, default=0.0, help="synth: face-part share")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument(
+        "--device", default="cpu", help="torch device to train on: cpu, cuda, or auto (cuda when available)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="data-loader processes composing batches and matching targets (0: in this process)",
+    )
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--max-steps", type=int, default=0, help="stop this process after N steps (tests)")
@@ -138,23 +148,55 @@ def build_dataset(args: argparse.Namespace) -> Any:
     return Augmented(base, args.size, seed=args.seed)
 
 
-def batches(dataset: Any, args: argparse.Namespace, start_step: int) -> Iterator[list[Sample]]:
-    """Batches from ``start_step`` on, the same ones a run without interruption would see."""
-    step = start_step
+def batch_samples(dataset: Any, args: argparse.Namespace, step: int) -> list[Sample]:
+    """The samples of training step ``step``: a function of the step alone, so a resumed run
+    and any number of data-loader workers see the batches an uninterrupted run would."""
     if args.data == "synth":
-        while True:
-            yield [dataset[step * args.batch_size + i] for i in range(args.batch_size)]
-            step += 1
+        return [dataset[step * args.batch_size + i] for i in range(args.batch_size)]
     steps_per_epoch = max(1, len(dataset) // args.batch_size)
-    while True:
-        epoch, within = divmod(step, steps_per_epoch)
-        dataset.epoch = epoch
-        order = np.random.default_rng([args.seed, epoch]).permutation(len(dataset))
-        chosen = order[within * args.batch_size : (within + 1) * args.batch_size]
-        if len(chosen) < args.batch_size:  # tiny data sets: wrap around
-            chosen = np.resize(order, args.batch_size)
-        yield [dataset[int(i)] for i in chosen]
-        step += 1
+    epoch, within = divmod(step, steps_per_epoch)
+    dataset.epoch = epoch
+    order = np.random.default_rng([args.seed, epoch]).permutation(len(dataset))
+    chosen = order[within * args.batch_size : (within + 1) * args.batch_size]
+    if len(chosen) < args.batch_size:  # tiny data sets: wrap around
+        chosen = np.resize(order, args.batch_size)
+    return [dataset[int(i)] for i in chosen]
+
+
+class TrainingBatches(torch.utils.data.Dataset):
+    """Step -> (normalised images, matched targets), computed on the CPU.
+
+    A :class:`torch.utils.data.DataLoader` over the step numbers runs this in worker processes
+    (``--workers``), so composing images and matching priors overlap the training step.
+    """
+
+    def __init__(
+        self, dataset: Any, args: argparse.Namespace, criterion: MultiBoxLoss, priors: torch.Tensor
+    ) -> None:
+        self.dataset = dataset
+        self.args = args
+        self.criterion = criterion
+        self.priors = priors
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, MatchedTargets]:
+        images, boxes, landmarks = to_training_batch(batch_samples(self.dataset, self.args, step))
+        with torch.no_grad():
+            return images, self.criterion.targets(boxes, landmarks, self.priors)
+
+
+def batch_loader(
+    batches: TrainingBatches, start: int, stop: int, workers: int, pin_memory: bool
+) -> Iterator[tuple[torch.Tensor, MatchedTargets]]:
+    return iter(
+        torch.utils.data.DataLoader(
+            batches,
+            batch_size=None,  # each item is already a batch
+            sampler=range(start, stop),
+            num_workers=workers,
+            pin_memory=pin_memory,
+            prefetch_factor=4 if workers else None,
+        )
+    )
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
@@ -203,7 +245,7 @@ def deployable(
     return Checkpoint(
         task="face_detector",
         arch=config.to_dict(),
-        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         labels=["face"],
         preprocess=dict(PREPROCESS),
         training={
@@ -214,6 +256,7 @@ def deployable(
             "train_seconds": round(elapsed, 1),
             "threads": args.threads,
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "device": device_description(training_device(args.device)),
             "torch": str(torch.__version__),
             "final_losses": metrics,
         },
@@ -230,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(args.seed)
+    device = training_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one fixed training size
     args.out.mkdir(parents=True, exist_ok=True)
     config = model_config(args)
     model = RetinaFace(config)
-    ema = copy.deepcopy(model) if args.ema > 0 else None
-    optimizer = make_optimizer(model, args)
     criterion = MultiBoxLoss(
         iou_threshold=args.iou_threshold,
         neg_pos_ratio=args.neg_pos_ratio,
@@ -243,12 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     step, elapsed = 0, 0.0
     state_path = args.out / STATE_FILE
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    state = torch.load(state_path, map_location="cpu", weights_only=True) if state_path.is_file() else None
+    if state is not None:
         model.load_state_dict(state["model"])
+    model.to(device)
+    ema = copy.deepcopy(model) if args.ema > 0 else None
+    optimizer = make_optimizer(model, args)
+    if state is not None:
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # moves its state to the parameters' device
         step, elapsed = int(state["step"]), float(state["elapsed"])
         print(f"resuming from {state_path} at step {step}", file=sys.stderr)
     (args.out / "args.json").write_text(json.dumps(recipe(args), indent=2) + "\n")
@@ -261,16 +309,22 @@ def main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         progress = tqdm(total=args.steps, initial=step, desc="detector", dynamic_ncols=True)
-    running: dict[str, float] = {}
+    # Smoothed losses stay on the device between log lines: reading them every step would make
+    # the CPU wait for the GPU each step.
+    running: dict[str, torch.Tensor] = {}
     metrics_log = open(args.out / "metrics.jsonl", "a")  # noqa: SIM115 (closed below, lives across the loop)
     model.train()
-    source = batches(dataset, args, step)
+    source = batch_loader(
+        TrainingBatches(dataset, args, criterion, priors), step, stop, args.workers, device.type == "cuda"
+    )
     started = time.monotonic() - elapsed
     while step < stop:
-        images, boxes, landmarks = to_training_batch(next(source))
+        images, targets = next(source)
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args)
-        losses = criterion(model(images), priors, boxes, landmarks)
+        losses = criterion.from_targets(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -279,16 +333,18 @@ def main(argv: list[str] | None = None) -> int:
             update_ema(ema, model, min(args.ema, (1 + step) / (10 + step)))
         step += 1
         for key, value in losses.items():
-            number = value.item()
-            running[key] = 0.9 * running.get(key, number) + 0.1 * number
+            value = value.detach()
+            running[key] = 0.9 * running[key] + 0.1 * value if key in running else value
         if progress is not None:
             progress.update(1)
-            progress.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
         if step % args.log_every == 0 or step == stop:
+            smoothed = {k: round(float(v), 4) for k, v in running.items()}
             record = {"step": step, "lr": lr_at(step - 1, args), "time": round(time.monotonic() - started, 1)}
-            record.update({k: round(v, 4) for k, v in running.items()})
+            record.update(smoothed)
             metrics_log.write(json.dumps(record) + "\n")
             metrics_log.flush()
+            if progress is not None:
+                progress.set_postfix({k: f"{v:.3f}" for k, v in smoothed.items()})
         if step % args.save_every == 0 or step == stop:
             elapsed = time.monotonic() - started
             save_state(
@@ -301,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                     "elapsed": elapsed,
                 },
             )
-            snapshot = deployable(ema or model, config, args, step, elapsed, running)
+            snapshot = deployable(ema or model, config, args, step, elapsed, _floats(running))
             save_checkpoint(args.out / MODEL_FILE, snapshot)
     if progress is not None:
         progress.close()
@@ -309,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     if step >= args.steps:
         final = args.final or args.out / "final.pt"
         elapsed = time.monotonic() - started
-        digest = save_checkpoint(final, deployable(ema or model, config, args, step, elapsed, running))
+        digest = save_checkpoint(
+            final, deployable(ema or model, config, args, step, elapsed, _floats(running))
+        )
         print(f"wrote {final} (sha256 {digest})", file=sys.stderr)
     return 0
+
+
+def _floats(running: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v) for k, v in running.items()}

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from service.dependencies import StateDep, require_api_key
-from service.errors import InvalidParameter, request_id_of
-from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, read_uploads, unless_disconnected
+from service.errors import InvalidParameter
+from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, run_pipeline
 from service.routes.timing import timing_of
 from service.schemas import ClassifyResponse, ModelRef
 
@@ -37,13 +35,7 @@ async def classify(
     labels = len(pipeline.config.labels)
     if top_k > labels:
         raise InvalidParameter(f"query.top_k: must be between 1 and {labels} (the number of labels)")
-    uploads = await read_uploads(request, state.settings)
-    started = time.perf_counter()
-    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
-    state.metrics.images.labels(pipeline.name).inc(len(uploads))
-    outcomes = await unless_disconnected(
-        request, pipeline.infer(uploads, state.decode_pool, deadline, request_id_of(request))
-    )
+    outcomes, started = await run_pipeline(request, state, pipeline)
     # Softmax and top-k over one row of logits take microseconds: cheaper here than a hop
     # to a thread and back (detection's NMS, heavier, goes to the decode pool).
     results = [pipeline.answer(i, outcome, top_k) for i, outcome in enumerate(outcomes)]

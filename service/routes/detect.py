@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from service.dependencies import StateDep, require_api_key
-from service.errors import InvalidParameter, request_id_of
-from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, read_uploads, unless_disconnected
+from service.errors import InvalidParameter
+from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, run_pipeline
 from service.routes.timing import timing_of
 from service.schemas import DetectResponse, ModelRef
 
@@ -36,13 +35,7 @@ async def detect_faces(
     pipeline = state.detector()
     if max_faces > state.settings.max_faces_limit:
         raise InvalidParameter(f"query.max_faces: must be between 1 and {state.settings.max_faces_limit}")
-    uploads = await read_uploads(request, state.settings)
-    started = time.perf_counter()
-    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
-    state.metrics.images.labels(pipeline.name).inc(len(uploads))
-    outcomes = await unless_disconnected(
-        request, pipeline.infer(uploads, state.decode_pool, deadline, request_id_of(request))
-    )
+    outcomes, started = await run_pipeline(request, state, pipeline)
     # NMS runs in the decode pool too: the event loop only moves bytes.
     results = await asyncio.get_running_loop().run_in_executor(
         state.decode_pool,

@@ -1,4 +1,5 @@
-"""Request -> uploads, and "answer unless the client left": shared by /classify and /detect-faces.
+"""Request -> uploads -> a model pipeline's outcomes, "unless the client left": shared by
+/classify and /detect-faces (each route then only turns the outcomes into its answer).
 
 The first step of the data path on the HTTP side: images come as multipart ``file`` /
 ``files`` fields or as a raw body with an ``image/*`` (or ``application/octet-stream``)
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -24,10 +26,12 @@ from service.errors import (
     TooManyImages,
     UnexpectedField,
     UnsupportedImage,
+    request_id_of,
 )
-from service.pipelines import Upload
+from service.pipelines import ImageOutcome, ModelPipeline, Upload
 from service.schemas import ErrorResponse
 from service.settings import Settings
+from service.state import ServiceState
 
 T = TypeVar("T")
 
@@ -161,3 +165,20 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
             await task
         raise ClientDisconnected("the client closed the connection")
     return task.result()
+
+
+async def run_pipeline(
+    request: Request, state: ServiceState, pipeline: ModelPipeline
+) -> tuple[list[ImageOutcome], float]:
+    """Read the request's images and run them through ``pipeline``: (outcomes, start time).
+
+    The request's time budget (``request_timeout_s``) starts once its body has been read.
+    """
+    uploads = await read_uploads(request, state.settings)
+    started = time.perf_counter()
+    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
+    state.metrics.images.labels(pipeline.name).inc(len(uploads))
+    outcomes = await unless_disconnected(
+        request, pipeline.infer(uploads, state.decode_pool, deadline, request_id_of(request))
+    )
+    return outcomes, started

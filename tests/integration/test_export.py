@@ -4,7 +4,6 @@ service's loader reads; parity with PyTorch on real images; dynamic shapes; clea
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import run_export_cli
 from PIL import Image
 
 from export import __main__ as cli
@@ -91,7 +91,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict[str, Pa
         "--detector-checkpoint", str(checkpoints["face_detector"]),
         "--buckets", BUCKETS,
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT)
+    done = run_export_cli(command)
     assert done.returncode == 0, done.stdout + done.stderr
     return out, done.stdout
 
@@ -293,11 +293,6 @@ def test_shipped_default_weights_export_with_all(tmp_path):
     if not all(path.is_file() for path in DEFAULT_CHECKPOINTS.values()):
         pytest.skip("shipped weights are not all there yet")
     command = [sys.executable, "-m", "export", "--all", "--out", str(tmp_path / "repo")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT)
-    if done.returncode < 0:
-        # Seen once in a fresh venv: torch's TorchScript exporter died with SIGSEGV while
-        # tracing the detector (an open follow-up). A crash by signal is retried once; a check
-        # that fails (exit 1) or a checkpoint error (exit 2) is not.
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT)
+    done = run_export_cli(command)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(load_repository(tmp_path / "repo")) == ["classifier", "face_detector"]

@@ -52,11 +52,6 @@ def test_detector_finds_the_astronauts_face_where_it_is(client: httpx.Client) ->
     assert len(faces) <= 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known weakness of the shipped detector: one false positive at score 0.61 on this photo "
-    "(models/cards/face_detector.md, limits); XPASS means a better model: remove this mark",
-)
 def test_detector_finds_no_face_in_the_coffee_photo(client: httpx.Client) -> None:
     response = client.post("/detect-faces", files={"file": ("c.jpg", (SAMPLES / "coffee.jpg").read_bytes())})
     assert response.status_code == 200, response.text

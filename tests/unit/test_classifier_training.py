@@ -86,3 +86,9 @@ def test_config_file_supplies_options_and_init_warm_starts(image_folder: Path, t
 
 def test_unknown_task_prints_usage() -> None:
     assert train_main(["segmenter"]) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_asking_for_cuda_without_a_gpu_fails_with_a_clear_message(image_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no CUDA device is available"):
+        train_main(["classifier", "--data", str(image_folder), "--out", str(tmp_path), "--device", "cuda"])

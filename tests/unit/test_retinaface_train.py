@@ -73,6 +73,27 @@ def test_detector_training_resumes_and_writes_a_face_detector_checkpoint(tmp_pat
     assert loc.shape[1] == conf.shape[1] == landm.shape[1]
 
 
+def test_data_loader_workers_train_on_the_same_batches_as_the_training_process(tmp_path: Path) -> None:
+    # Batches are a function of the step number, so worker processes change the speed, not the run.
+    faces, backgrounds = _fixture_dirs(tmp_path)
+    common = ["--data", "synth", "--faces", str(faces), "--backgrounds", str(backgrounds), "--size", "64",
+              "--batch-size", "2", "--steps", "3", "--warmup-steps", "1", "--log-every", "1", "--no-progress",
+              "--ema", "0", "--device", "cpu"]  # fmt: skip
+    for workers in (0, 2):
+        assert (
+            train_main(
+                ["detector", *common, "--workers", str(workers), "--out", str(tmp_path / f"w{workers}")]
+            )
+            == 0
+        )
+    losses = {
+        workers: [json.loads(line)["total"] for line in (tmp_path / f"w{workers}" / "metrics.jsonl").open()]
+        for workers in (0, 2)
+    }
+    assert len(losses[0]) == 3
+    assert losses[2] == pytest.approx(losses[0], rel=1e-4)
+
+
 @pytest.mark.parametrize("layout", ["json", "wider"])
 def test_detector_trains_from_a_box_list_and_from_wider_label_txt(tmp_path: Path, layout: str) -> None:
     images = tmp_path / "images"
