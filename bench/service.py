@@ -7,9 +7,13 @@ same images, and writes one report. Parts (``--parts``):
 ``alternatives``
     Same ONNX model, same machine, same load (closed loop, ``--concurrency`` clients,
     multipart uploads because LitServe reads forms): (a) this service
-    (``uvicorn service.app:app``), (b) a plain FastAPI endpoint running ONNX Runtime per
-    request (``bench.alternatives.plain_fastapi``), (c) LitServe with its batching
-    (``bench.alternatives.litserve_app``). Throughput and p99 ratios against ours.
+    (``python -m service``, once per ``--workers`` value), (b) a plain FastAPI endpoint
+    running ONNX Runtime per request (``bench.alternatives.plain_fastapi``), (c) LitServe
+    with its batching and its default process layout (``bench.alternatives.litserve_app``).
+    Per endpoint of ``--endpoints``: ``/classify`` with the small classifier and
+    ``/detect-faces`` with the face detector (one 320x320 size bucket, so that LitServe can
+    stack every batch). Throughput and p99 ratios of each of ours against each server, within
+    a round; each server's processes and threads are counted while it runs.
 ``saturation`` (issue 6, the paper-size classifier: Poly-NL ResNet-50, 224x224, random weights)
     Raw ONNX Runtime throughput at its best batch size, in-process, vs the service's
     throughput at saturation through HTTP (target >= 85 %), with the load client's CPU use;
@@ -23,7 +27,9 @@ same images, and writes one report. Parts (``--parts``):
 Models come from the model repository (``--repository``, default ``model_repository``: the
 exported shipped weights) or, when it is missing, from a random-weight checkpoint of the
 same architecture exported with ``python -m export``'s own pipeline. The ResNet-50 repository
-is built the same way and cached under ``runs/bench-cache`` (git-ignored).
+is built the same way and cached under ``runs/bench-cache`` (git-ignored); so is the
+detector's (``--detector-repository``, default: the shipped detector exported with one
+320x320 bucket).
 
     python -m bench.service                                  # everything (about 10 minutes)
     python -m bench.service --parts overhead --duration 5    # smoke run
@@ -39,6 +45,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,6 +123,14 @@ def describe_classifier(repository: Path) -> str:
     return f"{model}, block {config.block}, {size}, from `{repository}`"
 
 
+def describe_detector(repository: Path) -> str:
+    from service.repository import load_repository
+
+    config = load_repository(repository, verify=False)["face_detector"].config
+    buckets = ", ".join(f"{h}x{w}" for h, w in config.size_buckets or [])
+    return f"face detector, block {config.block}, buckets {buckets}, from `{repository}`"
+
+
 def small_repository(args: argparse.Namespace) -> tuple[Path, str]:
     """The repository given (default: the exported shipped weights), else a random-weight one."""
     if not (args.repository / "classifier").is_dir():
@@ -138,25 +153,30 @@ class ServerSpec:
     command: list[str]
     ready_path: str
     env: dict[str, str] = field(default_factory=dict)
+    listen_from_env: bool = False  # POLYNL_HOST/POLYNL_PORT instead of --host/--port
+    ours: bool = False
 
 
 def service_spec(
-    repository: Path, threads: int, max_batch_size: int = 8, max_wait_ms: float = 5.0
+    repository: Path, threads: int, max_batch_size: int = 8, max_wait_ms: float = 5.0, workers: int = 1
 ) -> ServerSpec:
     return ServerSpec(
-        name=f"polynl-serve (max_batch_size={max_batch_size})",
-        command=["-m", "uvicorn", "service.app:app", "--log-level", "warning"],
+        name=f"polynl-serve (max_batch_size={max_batch_size}, {workers} worker{'s' if workers > 1 else ''})",
+        command=["-m", "service"],
         ready_path="/readyz",
         env={
             "POLYNL_MODEL_REPOSITORY": str(repository),
             "POLYNL_PROVIDERS": "CPUExecutionProvider",
             "POLYNL_INTRA_OP_THREADS": str(threads),
+            "POLYNL_WORKERS": str(workers),
             "POLYNL_MAX_BATCH_SIZE": str(max_batch_size),
             "POLYNL_MAX_WAIT_MS": str(max_wait_ms),
             "POLYNL_QUEUE_SIZE": "1024",
             "POLYNL_REQUEST_TIMEOUT_S": "120",
             "POLYNL_LOG_LEVEL": "warning",
         },
+        listen_from_env=True,
+        ours=True,
     )
 
 
@@ -170,11 +190,15 @@ def plain_spec(repository: Path, threads: int) -> ServerSpec:
 
 
 def litserve_spec(
-    repository: Path, threads: int, max_batch_size: int = 8, max_wait_ms: float = 5.0
+    repository: Path,
+    threads: int,
+    max_batch_size: int = 8,
+    max_wait_ms: float = 5.0,
+    endpoint: str = "classify",
 ) -> ServerSpec:
     return ServerSpec(
         name=f"LitServe (max_batch_size={max_batch_size})",
-        command=["-m", "bench.alternatives.litserve_app"],
+        command=["-m", "bench.alternatives.litserve_app", "--endpoint", endpoint],
         ready_path="/health",
         env={
             "POLYNL_MODEL_REPOSITORY": str(repository),
@@ -189,6 +213,29 @@ def litserve_spec(
 class Server:
     url: str
     pid: int
+
+
+def process_tree(pid: int) -> list[Any]:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def layout(pid: int) -> dict[str, Any]:
+    """The server's processes as they run: how many, their threads, which use the CPU."""
+    import psutil
+
+    procs = []
+    for proc in process_tree(pid):
+        try:
+            procs.append({"pid": proc.pid, "threads": proc.num_threads(), "cpu_s": sum(proc.cpu_times()[:2])})
+        except psutil.Error:
+            continue
+    return {"processes": len(procs), "threads": sum(p["threads"] for p in procs), "per_process": procs}
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -214,8 +261,12 @@ def tree_cpu_s(pid: int) -> float:
 def running(spec: ServerSpec, startup_timeout_s: float = 180.0) -> Iterator[Server]:
     """Start the server on a free loopback port, wait until ready, yield its URL, stop it."""
     port = free_port()
-    command = [sys.executable, *spec.command, "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, *spec.command]
     env = {**os.environ, **spec.env, "PYTHONPATH": str(ROOT)}
+    if spec.listen_from_env:
+        env.update({"POLYNL_HOST": "127.0.0.1", "POLYNL_PORT": str(port)})
+    else:
+        command += ["--host", "127.0.0.1", "--port", str(port)]
     CACHE.mkdir(parents=True, exist_ok=True)
     log_path = CACHE / f"server-{port}.log"
     with log_path.open("w") as log:
@@ -264,9 +315,11 @@ def load_server(
     multipart: bool = True,
     duration_s: float | None = None,
     warmup: int | None = None,
+    endpoint: str = "classify",
 ) -> dict[str, Any]:
-    """Warm up, then one closed-loop run against ``/classify``; the load tester's summary plus
-    the server's CPU time per successful request (a cost that background load barely moves)."""
+    """Warm up, then one closed-loop run against ``/<endpoint>``; the load tester's summary
+    plus the server's CPU time per successful request (a cost that background load barely
+    moves) and its process layout, read half-way through the run."""
     url = server.url
     config = LoadConfig(
         mode="closed",
@@ -276,10 +329,20 @@ def load_server(
         timeout_s=120.0,
         multipart=multipart,
     )
-    warm_up(f"{url}/classify", payloads, config, args.warmup if warmup is None else warmup)
+    warm_up(f"{url}/{endpoint}", payloads, config, args.warmup if warmup is None else warmup)
     cpu_before = tree_cpu_s(server.pid)
-    summary = measure(url, f"{url}/classify", payloads, config, quiet=args.quiet)
+    start = {p["pid"]: p["cpu_s"] for p in layout(server.pid)["per_process"]}
+    seen: dict[str, Any] = {}
+    timer = threading.Timer((duration_s or args.duration) / 2, lambda: seen.update(layout(server.pid)))
+    timer.start()
+    summary = measure(url, f"{url}/{endpoint}", payloads, config, quiet=args.quiet)
+    timer.join()
     cpu = tree_cpu_s(server.pid) - cpu_before
+    # A process is busy when it used over 5 % of a core during the run (LitServe's
+    # supervisor and queue manager, uvicorn's supervisor and the resource tracker are not).
+    used = {p["pid"]: p["cpu_s"] - start.get(p["pid"], 0.0) for p in layout(server.pid)["per_process"]}
+    busy = [cpu_s for cpu_s in used.values() if cpu_s > 0.05 * summary["elapsed_s"]]
+    summary["server_layout"] = {**seen, "busy_processes": len(busy), "cpu_s_per_process_during_run": used}
     summary["server_cpu_s"] = cpu
     summary["server_cpu_ms_per_ok_request"] = 1000 * cpu / summary["ok"] if summary["ok"] else None
     return summary
@@ -341,31 +404,72 @@ def http_round_trip_ms(url: str, count: int = 200) -> float:
 # --- parts -----------------------------------------------------------------------------------
 
 
-def part_alternatives(args: argparse.Namespace, repository: Path, payloads: list[Payload]) -> dict[str, Any]:
-    specs = [
-        service_spec(repository, args.threads, args.max_batch_size, args.max_wait_ms),
-        plain_spec(repository, args.threads),
-        litserve_spec(repository, args.threads, args.max_batch_size, args.max_wait_ms),
+def detector_repository(args: argparse.Namespace) -> Path:
+    """The shipped detector with one 320x320 bucket (every image the same shape), exported once."""
+    out: Path = args.detector_repository
+    if not (out / "face_detector").is_dir():
+        command = [sys.executable, "-m", "export", "--only", "face_detector", "--out", str(out)]
+        command += ["--buckets", "320x320", "--parity-images", str(ROOT / "samples")]
+        subprocess.run(command, cwd=ROOT, check=True)
+    return out
+
+
+def alternative_specs(args: argparse.Namespace, repository: Path, endpoint: str) -> list[ServerSpec]:
+    ours = [
+        service_spec(repository, args.threads, args.max_batch_size, args.max_wait_ms, workers)
+        for workers in args.workers
     ]
-    runs: list[dict[str, Any]] = []
-    # Rounds interleave the servers (ours, plain, LitServe, ours, ...): background load that
-    # drifts during the run then hits every server alike; ratios are taken within a round.
-    for round_ in range(1, args.rounds + 1):
-        this_round: list[dict[str, Any]] = []
-        for spec in specs:
-            print(f"[alternatives] round {round_}: {spec.name}", flush=True)
-            with running(spec) as server:
-                summary = load_server(server, payloads, args, args.concurrency)
-            this_round.append({"server": spec.name, "round": round_, "summary": summary})
-        ours = this_round[0]["summary"]
-        for run in this_round:
-            s = run["summary"]
-            rate = s["steady_throughput_rps"]
-            run["throughput_ratio_ours_over_this"] = ours["steady_throughput_rps"] / rate if rate else None
-            p99 = s["latency_ms"].get("p99")
-            run["p99_ratio_this_over_ours"] = p99 / ours["latency_ms"]["p99"] if p99 else None
-        runs += this_round
-    return {"concurrency": args.concurrency, "rounds": args.rounds, "runs": runs}
+    return [
+        *ours,
+        plain_spec(repository, args.threads),
+        litserve_spec(repository, args.threads, args.max_batch_size, args.max_wait_ms, endpoint),
+    ]
+
+
+def round_ratios(this_round: list[dict[str, Any]]) -> None:
+    """Each run's throughput and p99 against each of our configurations in the same round."""
+    for run in this_round:
+        s = run["summary"]
+        run["vs_ours"] = {}
+        for ours in (r for r in this_round if r["ours"]):
+            o = ours["summary"]
+            rate, p99 = s["steady_throughput_rps"], s["latency_ms"].get("p99")
+            run["vs_ours"][ours["server"]] = {
+                "ours_over_this_throughput": o["steady_throughput_rps"] / rate if rate else None,
+                "this_over_ours_p99": p99 / o["latency_ms"]["p99"]
+                if p99 and o["latency_ms"].get("p99")
+                else None,
+            }
+
+
+def part_alternatives(
+    args: argparse.Namespace, repositories: dict[str, Path], payloads: list[Payload]
+) -> dict[str, Any]:
+    endpoints: dict[str, Any] = {}
+    for endpoint, repository in repositories.items():
+        specs = alternative_specs(args, repository, endpoint)
+        runs: list[dict[str, Any]] = []
+        # Rounds interleave the servers (ours, plain, LitServe, ours, ...): background load
+        # that drifts during the run then hits every server alike; ratios are taken within a round.
+        for round_ in range(1, args.rounds + 1):
+            this_round: list[dict[str, Any]] = []
+            for spec in specs:
+                print(f"[alternatives] /{endpoint} round {round_}: {spec.name}", flush=True)
+                with running(spec) as server:
+                    summary = load_server(server, payloads, args, args.concurrency, endpoint=endpoint)
+                this_round.append(
+                    {"server": spec.name, "ours": spec.ours, "round": round_, "summary": summary}
+                )
+            round_ratios(this_round)
+            runs += this_round
+        model = describe_classifier(repository) if endpoint == "classify" else describe_detector(repository)
+        endpoints[endpoint] = {"model": model, "runs": runs}
+    return {
+        "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "workers": args.workers,
+        "endpoints": endpoints,
+    }
 
 
 def part_saturation(args: argparse.Namespace, payloads: list[Payload]) -> dict[str, Any]:
@@ -498,26 +602,7 @@ def markdown(report: dict[str, Any]) -> str:
         "processes during the run per successful request.\n"
     )
     if "alternatives" in report:
-        alt = report["alternatives"]
-        lines += [
-            f"### Same model, three servers ({report['small_model']}, "
-            f"{alt['concurrency']} clients, multipart)",
-            "",
-            "| round | server | req/s | p50 ms | p99 ms | errors | mean batch | ours/this throughput "
-            "| this/ours p99 | server CPU ms/request | client CPU % |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for run in alt["runs"]:
-            sm = run["summary"]
-            lines.append(
-                f"| {run.get('round', 1)} | {run['server']} | {sm['steady_throughput_rps']:.1f} "
-                f"| {_lat(sm, 'p50')} "
-                f"| {_lat(sm, 'p99')} "
-                f"| {sm['errors']} | {_batches(sm)} | {_fmt(run['throughput_ratio_ours_over_this'])} "
-                f"| {_fmt(run['p99_ratio_this_over_ours'])} | {_cpu(sm)} "
-                f"| {sm['client_cpu_percent_of_one_core']:.0f} |"
-            )
-        lines.append("")
+        lines += alternatives_markdown(report["alternatives"])
     if "saturation" in report:
         sat = report["saturation"]
         best = sat["raw_best"]
@@ -571,6 +656,53 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _layout(summary: dict[str, Any]) -> str:
+    seen = summary.get("server_layout") or {}
+    if not seen:
+        return "-"
+    return f"{seen['processes']} ({seen.get('busy_processes', '?')} busy) / {seen['threads']}"
+
+
+def alternatives_markdown(alt: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for endpoint, data in alt["endpoints"].items():
+        lines += [
+            f"### Same model, several servers: `/{endpoint}` ({data['model']}, "
+            f"{alt['concurrency']} clients, multipart)",
+            "",
+            "| round | server | req/s | p50 ms | p99 ms | errors | mean batch | server CPU ms/request "
+            "| processes (busy) / threads | client CPU % |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in data["runs"]:
+            sm = run["summary"]
+            lines.append(
+                f"| {run['round']} | {run['server']} | {sm['steady_throughput_rps']:.1f} "
+                f"| {_lat(sm, 'p50')} | {_lat(sm, 'p99')} | {sm['errors']} | {_batches(sm)} | {_cpu(sm)} "
+                f"| {_layout(sm)} | {sm['client_cpu_percent_of_one_core']:.0f} |"
+            )
+        ours = [run["server"] for run in data["runs"] if run["ours"] and run["round"] == 1]
+        lines += [
+            "",
+            "Ratios within each round: ours / this server's throughput (above 1: ours serves more), "
+            "this server's p99 / ours (above 1: ours answers faster at the tail).",
+            "",
+            "| round | server | " + " | ".join(f"{name}: throughput, p99" for name in ours) + " |",
+            "|---|---|" + "---|" * len(ours),
+        ]
+        for run in data["runs"]:
+            if run["ours"] and len(ours) == 1:
+                continue
+            cells = [
+                f"{_fmt(run['vs_ours'][name]['ours_over_this_throughput'])}, "
+                f"{_fmt(run['vs_ours'][name]['this_over_ours_p99'])}"
+                for name in ours
+            ]
+            lines.append(f"| {run['round']} | {run['server']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def _cpu(summary: dict[str, Any]) -> str:
     value = summary.get("server_cpu_ms_per_ok_request")
     return f"{value:.1f}" if value is not None else "-"
@@ -584,6 +716,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {PARTS}")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument(
+        "--detector-repository",
+        type=Path,
+        default=CACHE / "shipped-detector",
+        help="alternatives on /detect-faces: a repository with the face detector (exported "
+        "with one 320x320 bucket when missing)",
+    )
+    parser.add_argument(
+        "--endpoints",
+        default="classify,detect-faces",
+        help="alternatives: endpoints to compare on, from classify,detect-faces",
+    )
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[1, 2],
+        help="alternatives: our POLYNL_WORKERS values, one server each (comma-separated)",
+    )
     parser.add_argument("--images", type=Path, default=ROOT / "samples")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
     parser.add_argument("--warmup", type=int, default=20, help="requests before each measured run")
@@ -623,6 +773,8 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "max_batch_size": args.max_batch_size,
             "max_wait_ms": args.max_wait_ms,
+            "workers": args.workers,
+            "endpoints": args.endpoints.split(","),
             "saturation_duration_s": args.saturation_duration,
             "saturation_concurrency": args.saturation_concurrency,
             "images": str(args.images.relative_to(ROOT) if args.images.is_relative_to(ROOT) else args.images),
@@ -631,7 +783,13 @@ def main(argv: list[str] | None = None) -> int:
     if "alternatives" in parts or "overhead" in parts:
         repository, report["small_model"] = small_repository(args)
     if "alternatives" in parts:
-        report["alternatives"] = part_alternatives(args, repository, payloads)
+        endpoints = args.endpoints.split(",")
+        chosen: dict[str, Path] = {}
+        if "classify" in endpoints:
+            chosen["classify"] = repository
+        if "detect-faces" in endpoints:
+            chosen["detect-faces"] = detector_repository(args)
+        report["alternatives"] = part_alternatives(args, chosen, payloads)
     if "saturation" in parts:
         report["saturation"] = part_saturation(args, payloads)
     if "overhead" in parts:

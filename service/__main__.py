@@ -2,52 +2,33 @@
 
 Prefer this over the bare ``uvicorn service.app:app`` command in deployments: after a
 SIGTERM it drains and exits with status 0 (uvicorn's CLI re-raises the signal after its
-graceful shutdown, so the process ends "killed by SIGTERM"), and it takes host, port and
-log level from the ``POLYNL_*`` settings.
+graceful shutdown, so the process ends "killed by SIGTERM"), it takes host, port and log
+level from the ``POLYNL_*`` settings, and it runs ``POLYNL_WORKERS`` server processes
+(``service.workers``: each worker binds the port with ``SO_REUSEPORT`` and serves on its
+own; this process supervises them, passes SIGTERM on, and exits 0 once all have drained).
 """
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Iterator
-
-import uvicorn
+import sys
 
 from service.settings import get_settings
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # Same as uvicorn's, minus re-raising the signal at the end: a drained shutdown is
-        # a clean exit.
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        signals = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+from service.workers import (
+    DrainingServer,
+    Supervisor,
+    configure_supervisor_logging,
+    serve_worker,
+    uvicorn_config,
+)
 
 
 def main() -> None:
     settings = get_settings()
-    config = uvicorn.Config(
-        "service.app:app",
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        # service.middleware logs each request with its X-Request-ID instead.
-        access_log=False,
-        # Requests already accepted get their answer before the process exits.
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-    )
-    _Server(config).run()
+    if settings.worker_count > 1:
+        configure_supervisor_logging(settings.log_level)
+        supervisor = Supervisor(serve_worker, settings.host, settings.port, settings.worker_count)
+        sys.exit(supervisor.run())
+    DrainingServer(uvicorn_config(settings)).run()
 
 
 if __name__ == "__main__":

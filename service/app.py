@@ -139,6 +139,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             *(p.batcher.stop(timeout_s=settings.request_timeout_s) for p in state.pipelines.values())
         )
         state.decode_pool.shutdown(wait=True)
+        state.metrics.process_exiting()
         logger.info("stopped")
 
 

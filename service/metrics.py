@@ -5,12 +5,22 @@ request counts by endpoint and status, request latency, queue depth, batch size 
 inference time per model, and requests dropped before inference (deadline, cancelled,
 overloaded). ``polynl_batch_size_count`` is the number of inference calls: the batching
 test compares it with the number of requests.
+
+With several worker processes (``POLYNL_WORKERS``), a scrape reaches one of them, so each
+process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
+multiprocess mode, switched on by ``python -m service``) and ``/metrics`` answers the sum
+over all workers: counters and histograms add up, the queue depth is the live workers' sum.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -22,6 +32,9 @@ class Metrics:
     """The service's metric families, registered in their own registry."""
 
     def __init__(self) -> None:
+        # prometheus_client picks its value store when first imported: the variable must be
+        # set before then (python -m service sets it before it starts the workers).
+        self.multiprocess_dir = os.environ.get(MULTIPROC_DIR_ENV) or None
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "polynl_requests",
@@ -38,7 +51,11 @@ class Metrics:
         )
         self.images = Counter("polynl_images", "Images decoded by model.", ["model"], registry=self.registry)
         self.queue_depth = Gauge(
-            "polynl_queue_depth", "Images waiting in the batch queue.", ["model"], registry=self.registry
+            "polynl_queue_depth",
+            "Images waiting in the batch queue.",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livesum",  # summed over the workers that are running
         )
         self.batch_size = Histogram(
             "polynl_batch_size",
@@ -65,7 +82,17 @@ class Metrics:
         return ModelObserver(self, model)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """Prometheus text: this process's registry, or every worker's values summed."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry)
+
+    def process_exiting(self) -> None:
+        """Drop this worker's live gauges (its counters stay in the totals)."""
+        if self.multiprocess_dir is not None:
+            mark_process_dead(os.getpid(), path=self.multiprocess_dir)
 
 
 class ModelObserver:

@@ -45,7 +45,7 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = settings.intra_op_threads
+    options.intra_op_num_threads = settings.session_threads
     # Batches run one at a time per model; parallelism is inside each op.
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: a failed CUDA load is reported by us

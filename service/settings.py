@@ -8,6 +8,7 @@ Defaults work on a laptop; the README lists every variable.
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -43,7 +44,10 @@ class Settings(BaseSettings):
         description="ONNX Runtime execution providers in order of preference (comma-separated).",
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, description="ORT intra-op threads on CPU; 0 = ORT default."
+        default=0,
+        ge=0,
+        description="ORT intra-op threads on CPU per worker; 0 = ORT default (one per core), or the "
+        "usable cores split between the workers when POLYNL_WORKERS is over 1.",
     )
     intra_op_spinning: bool = Field(
         default=True, description="Let ORT worker threads spin between ops (faster, burns CPU when idle)."
@@ -93,6 +97,13 @@ class Settings(BaseSettings):
     max_faces_limit: int = Field(default=1000, ge=1, description="Upper bound of the max_faces query value.")
 
     # --- HTTP and access ----------------------------------------------------------------
+    workers: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Server processes of python -m service, each with its own ONNX Runtime sessions "
+        "and batchers, sharing the port; 0 = one per usable CPU core.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -138,6 +149,27 @@ class Settings(BaseSettings):
     @property
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
+
+    @property
+    def worker_count(self) -> int:
+        """Server processes to run: ``workers``, or one per usable core when it is 0."""
+        return self.workers or usable_cores()
+
+    @property
+    def session_threads(self) -> int:
+        """ORT intra-op threads per session (0 = ORT's default). Several workers share the
+        cores: each gets its share instead of one thread per core apiece, which would
+        over-subscribe the CPU and stall every parallel region."""
+        if self.intra_op_threads or self.worker_count == 1:
+            return self.intra_op_threads
+        return max(1, usable_cores() // self.worker_count)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (CPU affinity and container cpusets included)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @lru_cache(maxsize=1)

@@ -1,6 +1,7 @@
 """What the alternative servers share with ours: the model, its session and the image steps.
 
-Both alternatives (``plain_fastapi``, ``litserve_app``) read the classifier from the same
+Both alternatives (``plain_fastapi``, ``litserve_app``) read the classifier (and the face
+detector, for ``/detect-faces``) from the same
 model repository with the one loader, open ONNX Runtime with the service's own session
 options, and decode / preprocess / post-process with the service's functions. Only the
 serving strategy differs, which is the thing ``bench.service`` compares.
@@ -12,6 +13,7 @@ Environment: ``POLYNL_MODEL_REPOSITORY`` (default ``model_repository``) and
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,8 @@ import numpy as np
 import onnxruntime as ort
 
 from service.images import decode_image
-from service.postprocess import softmax, top_k
-from service.preprocess import classifier_input
+from service.postprocess import faces_to_original, select_faces, softmax, top_k
+from service.preprocess import choose_bucket, classifier_input, letterbox
 from service.repository import LoadedModel, load_repository
 from service.runtime import session_options
 from service.settings import Settings
@@ -28,17 +30,25 @@ from service.settings import Settings
 MAX_IMAGE_PIXELS = 40_000_000
 
 
+def repository_path(repository: Path | None = None) -> Path:
+    return repository or Path(os.environ.get("POLYNL_MODEL_REPOSITORY", "model_repository"))
+
+
+def open_session(model: LoadedModel, threads: int | None) -> ort.InferenceSession:
+    """The model on CPU with the service's own session options."""
+    threads = threads if threads is not None else int(os.environ.get("POLYNL_INTRA_OP_THREADS", "0"))
+    settings = Settings(intra_op_threads=threads, providers=["CPUExecutionProvider"], workers=1)
+    return ort.InferenceSession(
+        str(model.onnx_path), session_options(settings), providers=["CPUExecutionProvider"]
+    )
+
+
 class Classifier:
     """The repository's classifier: bytes -> (3, H, W) input -> batched logits -> top-k dicts."""
 
     def __init__(self, repository: Path | None = None, threads: int | None = None) -> None:
-        repository = repository or Path(os.environ.get("POLYNL_MODEL_REPOSITORY", "model_repository"))
-        threads = threads if threads is not None else int(os.environ.get("POLYNL_INTRA_OP_THREADS", "0"))
-        self.model: LoadedModel = load_repository(repository)["classifier"]
-        settings = Settings(intra_op_threads=threads, providers=["CPUExecutionProvider"])
-        self.session = ort.InferenceSession(
-            str(self.model.onnx_path), session_options(settings), providers=["CPUExecutionProvider"]
-        )
+        self.model: LoadedModel = load_repository(repository_path(repository))["classifier"]
+        self.session = open_session(self.model, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.labels = self.model.config.labels
 
@@ -56,4 +66,58 @@ class Classifier:
         return {
             "labels": [{"id": i, "label": self.labels[i], "probability": p} for i, p in ranked],
             "model": {"name": self.model.config.name, "version": self.model.config.version},
+        }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an image sits in its letterbox: what the answer needs to map faces back."""
+
+    scale: float
+    width: int
+    height: int
+
+
+class Detector:
+    """The repository's face detector: bytes -> letterboxed (3, H, W) input -> batched
+    outputs -> faces in original pixels (threshold 0.5, NMS IoU 0.4, as the service's defaults).
+
+    The size bucket comes from ``config.json``; the benchmark exports one bucket, so that
+    every image has the same shape and LitServe's ``np.stack`` batching works."""
+
+    def __init__(self, repository: Path | None = None, threads: int | None = None) -> None:
+        self.model: LoadedModel = load_repository(repository_path(repository))["face_detector"]
+        self.session = open_session(self.model, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.buckets = list(self.model.config.size_buckets or [(640, 640)])
+
+    def prepare(self, data: bytes) -> tuple[np.ndarray, Placement]:
+        decoded = decode_image(data, MAX_IMAGE_PIXELS)
+        bucket = choose_bucket(decoded.width, decoded.height, self.buckets)
+        boxed = letterbox(decoded.image, bucket, self.model.config.preprocess)
+        return boxed.tensor, Placement(boxed.scale, decoded.width, decoded.height)
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(self.output_names, {self.input_name: batch})
+        return {name: np.asarray(value) for name, value in zip(self.output_names, values, strict=True)}
+
+    def answer(self, outputs: dict[str, np.ndarray], placement: Placement) -> dict[str, Any]:
+        """One image's slice of the outputs -> its faces."""
+        faces = select_faces(
+            outputs["boxes"].astype(np.float32),
+            outputs["scores"].astype(np.float32),
+            outputs["landmarks"].astype(np.float32),
+            score_threshold=0.5,
+            nms_iou=0.4,
+            max_faces=100,
+        )
+        faces = faces_to_original(faces, placement.scale, placement.width, placement.height)
+        return {
+            "faces": [
+                {"box": [float(v) for v in box], "score": float(score), "landmarks": marks.tolist()}
+                for box, score, marks in zip(faces.boxes, faces.scores, faces.landmarks, strict=True)
+            ],
+            "width": placement.width,
+            "height": placement.height,
         }

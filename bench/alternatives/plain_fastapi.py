@@ -7,7 +7,8 @@ no batching. Same model, session options and image functions as the service
 
     POLYNL_MODEL_REPOSITORY=model_repository uvicorn bench.alternatives.plain_fastapi:app --port 8001
 
-Accepts a raw image body or a multipart ``file`` field on ``POST /classify``.
+Accepts a raw image body or a multipart ``file`` field on ``POST /classify`` and
+``POST /detect-faces`` (each when the repository holds that model).
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
-from bench.alternatives.common import Classifier
+from bench.alternatives.common import Classifier, Detector, repository_path
 from service.errors import ServiceError
+from service.repository import load_repository
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    app.state.classifier = Classifier()
+    models = load_repository(repository_path(), verify=False)
+    app.state.classifier = Classifier() if "classifier" in models else None
+    app.state.detector = Detector() if "face_detector" in models else None
     yield
 
 
@@ -48,12 +52,28 @@ def _classify(classifier: Classifier, data: bytes, k: int) -> dict[str, Any]:
     return classifier.answer(classifier.predict(x)[0], k)
 
 
+def _detect(detector: Detector, data: bytes) -> dict[str, Any]:
+    x, placement = detector.prepare(data)
+    outputs = detector.predict(x[None])
+    return detector.answer({name: value[0] for name, value in outputs.items()}, placement)
+
+
 @app.post("/classify")
 async def classify(request: Request, top_k: int = 5) -> dict[str, Any]:
     data = await _image_bytes(request)
     try:
         result = await run_in_threadpool(_classify, request.app.state.classifier, data, top_k)
     except ServiceError as exc:  # not an image, corrupt, too large: the client's fault
+        raise HTTPException(400, str(exc)) from exc
+    return {"results": [result]}
+
+
+@app.post("/detect-faces")
+async def detect_faces(request: Request) -> dict[str, Any]:
+    data = await _image_bytes(request)
+    try:
+        result = await run_in_threadpool(_detect, request.app.state.detector, data)
+    except ServiceError as exc:
         raise HTTPException(400, str(exc)) from exc
     return {"results": [result]}
 

@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("POLYNL_API_KEY") or None,
         help="bearer token for a server that requires one (default: $POLYNL_API_KEY)",
     )
-    parser.add_argument("--max-connections", type=int, default=256)
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open loop: connection pool size (closed loop: one connection per client)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the open-loop arrival process")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument(

@@ -4,6 +4,12 @@ Path of one run: payloads (image bytes) -> :func:`run_load` schedules requests (
 open loop) -> httpx sends them -> one :class:`~bench.loadtest.stats.RequestRecord` each ->
 ``stats.summarize``.
 
+Closed loop gives each client its own keep-alive connection (its own ``httpx.AsyncClient``),
+as separate users have: 32 clients sharing one connection pool spent 6 to 8 ms of client CPU
+per request in the pool's bookkeeping (2 to 3 ms with one pool each), and the pool's
+hand-over of connections put a 1.3 to 1.6 s p99 on every server measured, while the
+service's own latency histogram showed all its answers under 0.25 s.
+
 Open loop avoids coordinated omission: the arrival times are drawn up front from the
 Poisson process and every request's latency is measured from its *scheduled* arrival,
 not from when the client managed to send it. A server (or client) that falls behind
@@ -152,8 +158,13 @@ async def _send(
     return record
 
 
+def _client(config: LoadConfig, connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(config.timeout_s), headers=config.headers)
+
+
 async def _closed_loop(
-    client: httpx.AsyncClient, url: str, payloads: Sequence[Payload], config: LoadConfig, progress: _Progress
+    url: str, payloads: Sequence[Payload], config: LoadConfig, progress: _Progress
 ) -> tuple[list[RequestRecord], int]:
     records: list[RequestRecord] = []
     t0 = time.perf_counter()
@@ -162,36 +173,40 @@ async def _closed_loop(
 
     async def client_loop() -> None:
         nonlocal issued
-        while True:
-            if config.requests is not None and issued >= config.requests:
-                return
-            now = time.perf_counter()
-            if deadline is not None and now >= deadline:
-                return
-            index = issued
-            issued += 1  # reserved before the await: the count bound is exact
-            payload = payloads[index % len(payloads)]
-            records.append(await _send(client, url, payload, config, now, progress))
+        # One connection per client, not one shared pool (see the module docstring).
+        async with _client(config, 1) as client:
+            while True:
+                if config.requests is not None and issued >= config.requests:
+                    return
+                now = time.perf_counter()
+                if deadline is not None and now >= deadline:
+                    return
+                index = issued
+                issued += 1  # reserved before the await: the count bound is exact
+                payload = payloads[index % len(payloads)]
+                records.append(await _send(client, url, payload, config, now, progress))
 
     await asyncio.gather(*(client_loop() for _ in range(config.concurrency)))
     return records, issued
 
 
 async def _open_loop(
-    client: httpx.AsyncClient, url: str, payloads: Sequence[Payload], config: LoadConfig, progress: _Progress
+    url: str, payloads: Sequence[Payload], config: LoadConfig, progress: _Progress
 ) -> tuple[list[RequestRecord], int]:
     arrivals = poisson_arrivals(config.rate, config.requests, config.duration_s, config.seed)
     t0 = time.perf_counter()
     tasks: list[asyncio.Task[RequestRecord]] = []
-    for index, offset in enumerate(arrivals):
-        due = t0 + offset
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        # Never wait for earlier answers here: that would be coordinated omission.
-        payload = payloads[index % len(payloads)]
-        tasks.append(asyncio.create_task(_send(client, url, payload, config, due, progress)))
-    records = list(await asyncio.gather(*tasks))
+    # Any number of requests may be in flight: one shared pool of connections.
+    async with _client(config, config.max_connections) as client:
+        for index, offset in enumerate(arrivals):
+            due = t0 + offset
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # Never wait for earlier answers here: that would be coordinated omission.
+            payload = payloads[index % len(payloads)]
+            tasks.append(asyncio.create_task(_send(client, url, payload, config, due, progress)))
+        records = list(await asyncio.gather(*tasks))
     return records, len(arrivals)
 
 
@@ -204,23 +219,17 @@ async def run_load_async(
     """Drive ``url`` with ``payloads`` as ``config`` says; returns every request's record."""
     if not payloads:
         raise ValueError("no payloads to send")
-    limits = httpx.Limits(
-        max_connections=config.max_connections, max_keepalive_connections=config.max_connections
-    )
     progress = _Progress(progress_stream, config.progress_interval_s)
     stop = asyncio.Event()
     cpu0, t0 = time.process_time(), time.perf_counter()
     wall = time.time()
-    async with httpx.AsyncClient(
-        limits=limits, timeout=httpx.Timeout(config.timeout_s), headers=config.headers
-    ) as client:
-        reporter = asyncio.create_task(progress.report(t0, stop))
-        loop = _closed_loop if config.mode == "closed" else _open_loop
-        try:
-            records, scheduled = await loop(client, url, payloads, config, progress)
-        finally:
-            stop.set()
-            await reporter
+    reporter = asyncio.create_task(progress.report(t0, stop))
+    loop = _closed_loop if config.mode == "closed" else _open_loop
+    try:
+        records, scheduled = await loop(url, payloads, config, progress)
+    finally:
+        stop.set()
+        await reporter
     elapsed = time.perf_counter() - t0
     return RunResult(
         records=records,
