@@ -37,6 +37,24 @@ def batch_calls(server: ServerHandle, model: str = "classifier") -> float:
     return server.metric("polynl_batch_size_count", {"model": model})
 
 
+def wait_until_idle(server: ServerHandle, quiet_s: float = 0.8, timeout_s: float = 15.0) -> None:
+    """Until nothing is queued and no batch has completed for ``quiet_s`` (longer than one
+    inference): earlier tests' requests, answered 504 at their deadline, may still be running."""
+    give_up = time.monotonic() + timeout_s
+    calls, since = batch_calls(server), time.monotonic()
+    while time.monotonic() < give_up:
+        time.sleep(0.1)
+        now_calls = batch_calls(server)
+        if now_calls != calls:
+            calls, since = now_calls, time.monotonic()
+        elif (
+            server.metric("polynl_queue_depth", {"model": "classifier"}) == 0
+            and time.monotonic() - since >= quiet_s
+        ):
+            return
+    raise AssertionError(f"server still busy after {timeout_s} s")
+
+
 def test_concurrent_requests_are_served_in_fewer_inference_calls(start_server) -> None:  # type: ignore[no-untyped-def]
     # The delay keeps one batch running while the next fills: the real-load situation.
     server = start_server(
@@ -88,13 +106,22 @@ def test_full_queue_answers_503_with_retry_after_at_once(slow_server: ServerHand
 def test_request_past_its_deadline_gets_504_and_is_dropped_before_inference(
     slow_server: ServerHandle,
 ) -> None:
-    # One at a time, 600 ms each, 1 s deadline: the first is served; the second starts at
-    # 0.6 s and is answered 504 at its deadline (its result, at 1.2 s, is dropped); the third
-    # is still queued at its deadline, answered 504 and never inferred.
-    time.sleep(1.0)  # let earlier tests' work drain
+    # One at a time, 600 ms each, 1 s deadline: the first is served; the other two arrive
+    # 0.1 s later, while it runs. The second starts at 0.6 s and is answered 504 at its
+    # deadline (1.1 s; its result, at 1.2 s, is dropped); the third is still queued at its
+    # deadline, answered 504 and never inferred. (Sent all at once, the three could all be
+    # queued before the first is taken, and the third would rightly get 503: the queue holds 2.)
+    wait_until_idle(slow_server)  # earlier tests' work must not hold a queue slot
     calls_before = batch_calls(slow_server)
     dropped_before = slow_server.metric("polynl_dropped_total", {"model": "classifier", "reason": "deadline"})
-    responses = asyncio.run(fire(slow_server, 3))
+
+    async def staggered() -> list[httpx.Response]:
+        first = asyncio.ensure_future(fire(slow_server, 1))
+        await asyncio.sleep(0.1)
+        rest = await fire(slow_server, 2)
+        return [*(await first), *rest]
+
+    responses = asyncio.run(staggered())
     assert sorted(r.status_code for r in responses) == [200, 504, 504]
     for response in responses:
         if response.status_code == 504:
@@ -108,7 +135,7 @@ def test_request_past_its_deadline_gets_504_and_is_dropped_before_inference(
 
 
 def test_client_that_disconnects_costs_no_inference(slow_server: ServerHandle) -> None:
-    time.sleep(1.0)  # let earlier tests' work drain
+    wait_until_idle(slow_server)
     calls_before = batch_calls(slow_server)
     cancelled_before = slow_server.metric(
         "polynl_dropped_total", {"model": "classifier", "reason": "cancelled"}
