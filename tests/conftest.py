@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,23 +109,9 @@ def shipped_weights() -> dict[str, Path] | None:
 
 
 def run_export_cli(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m export ...``; a run killed by a signal is run once more.
-
-    Rarely, under heavy CPU load, torch's TorchScript exporter has died with SIGSEGV while
-    tracing the detector (an open follow-up; not reproduced in 30 runs on a quiet machine).
-    The export prints the Python stack of such a crash (faulthandler), kept here as a warning so
-    the evidence survives the retry. A check that fails (exit 1) or a bad checkpoint (exit 2)
-    is not retried.
-    """
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode < 0:
-        warnings.warn(
-            f"python -m export died by signal {-done.returncode}; retrying once. Its stderr:\n"
-            f"{done.stderr[-4000:]}",
-            stacklevel=2,
-        )
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
-    return done
+    """Run ``python -m export ...`` as a user would (it re-runs itself after torch's
+    intermittent exporter crash: ``export.__main__.run_with_retries``)."""
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def build_model_repository(out: Path, checkpoints: Mapping[str, Path], buckets: str = TEST_BUCKETS) -> Path:
