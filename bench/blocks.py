@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.machine import machine_info, machine_markdown
+from bench.machine import machine_info, machine_markdown, write_report
 
 BLOCKS = ("polynl", "nonlocal")
 FRAMEWORKS = ("torch", "onnxruntime")
@@ -390,10 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     report = run_benchmark(args)
     report["machine"] = machine
-    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
+    write_report(args.out, report, markdown(report))
     plot(report, args.out.with_suffix(".png"))
     print(f"wrote {args.out.with_suffix('.json')}, .md, .png")
     return 0

@@ -8,6 +8,7 @@ can check. Standard library only, plus psutil when installed.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -134,3 +135,11 @@ def machine_markdown(info: dict[str, Any]) -> str:
             + "; ".join(f"`{p['command'][:80]}` ({p['cpu_percent']}% CPU)" for p in busy[:5])
         )
     return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, report: dict[str, Any], markdown: str) -> None:
+    """``out``.json (the report, plus the load average at the end) and ``out``.md (its tables)."""
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown)

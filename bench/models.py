@@ -25,7 +25,6 @@ load and their ratios hold even when absolute figures move.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import machine_info, machine_markdown
+from bench.machine import machine_info, machine_markdown, write_report
 
 VARIANTS = ("none", "polynl", "nonlocal")
 MODELS = ("classifier", "detector", "resnet50")
@@ -241,10 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     report = run_benchmark(args)
     report["machine"] = machine
-    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
+    write_report(args.out, report, markdown(report))
     print(f"wrote {args.out.with_suffix('.json')} and .md")
     return 0
 

@@ -38,7 +38,6 @@ detector's (``--detector-repository``, default: the shipped detector exported wi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -59,7 +58,7 @@ import numpy as np
 from bench.loadtest.cli import measure, warm_up
 from bench.loadtest.runner import LoadConfig, Payload
 from bench.loadtest.targets import load_payloads
-from bench.machine import machine_info, machine_markdown
+from bench.machine import machine_info, machine_markdown, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -794,10 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         report["saturation"] = part_saturation(args, payloads)
     if "overhead" in parts:
         report["overhead"] = part_overhead(args, repository, payloads)
-    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
+    write_report(args.out, report, markdown(report))
     print(markdown(report))
     print(f"wrote {args.out.with_suffix('.json')} and .md")
     return 0
