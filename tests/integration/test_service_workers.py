@@ -52,6 +52,18 @@ async def classify_concurrently(url: str, count: int, delay_s: float = 0.0) -> l
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
+async def wait_until_received(url: str, images: int, timeout_s: float = 30.0) -> None:
+    """Until the workers together have read ``images`` classifier images (``/metrics``)."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            text = (await client.get("/metrics")).text
+            if parse_metric(text, "polynl_images_total", {"model": "classifier"}) >= images:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"the workers did not receive {images} images in {timeout_s} s")
+
+
 def test_two_workers_answer_and_metrics_sum_over_both(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server(WORKERS)
     workers = wait_for_workers(server, 2)
@@ -78,7 +90,10 @@ def test_sigterm_answers_requests_in_flight_stops_every_worker_and_exits_zero(
 
     async def scenario() -> list[int]:
         sends = asyncio.ensure_future(classify_concurrently(server.url, 12, delay_s=0.2))
-        await asyncio.sleep(0.5)  # every request sent, most still queued or running
+        # Signal once every request has been read by a worker (most are still queued or running).
+        # A fixed sleep is not enough on a busy machine: a connection still waiting in the
+        # listen backlog when the signal comes is closed unanswered, as for any server that stops.
+        await wait_until_received(server.url, 12)
         server.process.send_signal(signal.SIGTERM)
         return await sends
 
