@@ -14,6 +14,8 @@ fi
 HOST="${POLYNL_HOST:-127.0.0.1}"
 PORT="${POLYNL_PORT:-8000}"
 echo "==> serving on http://$HOST:$PORT  (API docs: http://$HOST:$PORT/docs)"
-export POLYNL_MODEL_REPOSITORY="$REPO"
-exec .venv/bin/python -m uvicorn service.app:app --host "$HOST" --port "$PORT" \
-  --log-level "$(echo "${POLYNL_LOG_LEVEL:-info}" | tr '[:upper:]' '[:lower:]')"
+export POLYNL_MODEL_REPOSITORY="$REPO" POLYNL_HOST="$HOST" POLYNL_PORT="$PORT"
+POLYNL_LOG_LEVEL="$(echo "${POLYNL_LOG_LEVEL:-info}" | tr '[:upper:]' '[:lower:]')"
+export POLYNL_LOG_LEVEL
+# python -m service: POLYNL_WORKERS server processes, a clean exit (0) after SIGTERM.
+exec .venv/bin/python -m service
