@@ -124,16 +124,21 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     )
 
 
-def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
-    """A tiny PNG whose header claims ``width x height`` RGB pixels (a decompression bomb)."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = zlib.compress(b"\x00" * (1 + 3 * min(width, 1024)))
+def _png(header: bytes, rows: bytes) -> bytes:
+    """A PNG file from its IHDR content and its compressed scanlines."""
     return (
         b"\x89PNG\r\n\x1a\n"
         + _png_chunk(b"IHDR", header)
         + _png_chunk(b"IDAT", rows)
         + _png_chunk(b"IEND", b"")
     )
+
+
+def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A tiny PNG whose header claims ``width x height`` RGB pixels (a decompression bomb)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (1 + 3 * min(width, 1024)))
+    return _png(header, rows)
 
 
 def random_bytes(size: int = 4096, seed: int = 0) -> bytes:
@@ -146,12 +151,7 @@ def png_16bit_rgb(width: int = 8, height: int = 4, alpha: bool = False) -> bytes
     header = struct.pack(">IIBBBBB", width, height, 16, 6 if alpha else 2, 0, 0, 0)
     row = np.full((width, channels), 0x8080, dtype=">u2").tobytes()
     rows = zlib.compress(b"".join(b"\x00" + row for _ in range(height)))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", rows)
-        + _png_chunk(b"IEND", b"")
-    )
+    return _png(header, rows)
 
 
 def jpeg_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
