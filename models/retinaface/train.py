@@ -12,6 +12,10 @@ deployable checkpoint (``models/checkpoint.py`` format: task ``face_detector``, 
 holds the EMA weights when ``--ema`` is on. Progress goes to a tqdm bar on stderr and to
 ``OUT/metrics.jsonl``.
 
+``--init CHECKPOINT`` starts a new run from the weights of a ``face_detector`` checkpoint of the
+same architecture (fine-tuning, e.g. the shipped weights on your own ``--data json`` boxes): the
+schedule, optimiser and EMA start afresh; a resumed run ignores it (``OUT/last.pt`` wins).
+
 Example (the shipped default detector)::
 
     python -m models.train detector --config models/retinaface/configs/default.json
@@ -34,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.checkpoint import Checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from models.device import device_description, training_device
 from models.retinaface.data import (
     PREPROCESS,
@@ -66,6 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=Path, help="image root for --labels (default: next to it)")
     p.add_argument("--out", type=Path, default=Path("runs/detector"))
     p.add_argument("--final", type=Path, help="final checkpoint path (default OUT/final.pt)")
+    p.add_argument("--init", type=Path, help="start from this face_detector checkpoint's weights")
     p.add_argument("--backbone", choices=["mobilenet0.25", "resnet50"], default="mobilenet0.25")
     p.add_argument("--block", choices=["none", "nonlocal", "polynl"], default="polynl")
     p.add_argument("--block-positions", type=int, nargs="*", default=[16], help="backbone strides")
@@ -109,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             # Values given on the command line win over the file.
             if getattr(args, dest) == getattr(defaults, dest):
                 setattr(args, dest, Path(value) if isinstance(getattr(defaults, dest), Path) else value)
-        for name in ("faces", "backgrounds", "labels", "images", "final"):
+        for name in ("faces", "backgrounds", "labels", "images", "final", "init"):
             value = getattr(args, name)
             if isinstance(value, str):
                 setattr(args, name, Path(value))
@@ -230,8 +235,29 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def recipe(args: argparse.Namespace) -> dict[str, Any]:
-    skip = {"config", "out", "final", "max_steps", "no_progress", "save_every", "log_every"}
+    skip = {"config", "out", "final", "max_steps", "no_progress", "save_every", "log_every", "init_origin"}
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
+
+
+def initial_weights(path: Path, config: RetinaFaceConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights of ``--init`` and a record of where they came from; exits on a mismatch."""
+    try:
+        checkpoint = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise SystemExit(f"--init: {exc}") from exc
+    if checkpoint.task != "face_detector":
+        raise SystemExit(f"--init: {path} holds a {checkpoint.task}, not a face_detector")
+    if RetinaFaceConfig.from_dict(checkpoint.arch) != config:
+        raise SystemExit(
+            f"--init: {path} has the architecture {checkpoint.arch}, this run builds {config.to_dict()}"
+        )
+    origin = {
+        "checkpoint": path.name,
+        "sha256": checkpoint.sha256,
+        "steps": checkpoint.training.get("steps"),
+        "images_seen": checkpoint.training.get("images_seen"),
+    }
+    return checkpoint.state_dict, origin
 
 
 def deployable(
@@ -259,6 +285,7 @@ def deployable(
             "device": device_description(training_device(args.device)),
             "torch": str(torch.__version__),
             "final_losses": metrics,
+            **({"init": args.init_origin} if getattr(args, "init_origin", None) else {}),
         },
     )
 
@@ -290,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     state = torch.load(state_path, map_location="cpu", weights_only=True) if state_path.is_file() else None
     if state is not None:
         model.load_state_dict(state["model"])
+        args.init_origin = state.get("init")
+    elif args.init is not None:
+        weights, args.init_origin = initial_weights(args.init, config)
+        model.load_state_dict(weights)
+        print(
+            f"starting from the weights of {args.init} (sha256 {args.init_origin['sha256']})", file=sys.stderr
+        )
     model.to(device)
     ema = copy.deepcopy(model) if args.ema > 0 else None
     optimizer = make_optimizer(model, args)
@@ -355,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                     "optimizer": optimizer.state_dict(),
                     "step": step,
                     "elapsed": elapsed,
+                    "init": getattr(args, "init_origin", None),
                 },
             )
             snapshot = deployable(ema or model, config, args, step, elapsed, _floats(running))

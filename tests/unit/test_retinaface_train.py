@@ -116,3 +116,45 @@ def test_detector_trains_from_a_box_list_and_from_wider_label_txt(tmp_path: Path
     assert train_main(argv) == 0
     _, meta = load_model(out / "final.pt")
     assert meta.training["recipe"]["data"] == layout
+
+
+def test_init_starts_a_new_run_from_a_detector_checkpoint_and_refuses_a_mismatch(tmp_path: Path) -> None:
+    faces, backgrounds = _fixture_dirs(tmp_path)
+    common = ["--data", "synth", "--faces", str(faces), "--backgrounds", str(backgrounds), "--size", "64",
+              "--batch-size", "2", "--warmup-steps", "1", "--no-progress", "--ema", "0", "--lr", "0"]  # fmt: skip
+    first = tmp_path / "first.pt"
+    assert (
+        train_main(["detector", *common, "--steps", "1", "--out", str(tmp_path / "a"), "--final", str(first)])
+        == 0
+    )
+    base, base_meta = load_model(first)
+
+    # lr 0: the fine-tuned weights are the initial ones (BN statistics aside), and the origin is recorded.
+    tuned = tmp_path / "tuned.pt"
+    argv = ["detector", *common, "--steps", "2", "--out", str(tmp_path / "b"), "--final", str(tuned)]
+    assert train_main([*argv, "--init", str(first)]) == 0
+    model, meta = load_model(tuned)
+    assert meta.training["init"]["sha256"] == base_meta.sha256
+    assert meta.training["init"]["steps"] == 1 and meta.training["steps"] == 2
+    weights = {k: v for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    for key, value in weights.items():
+        assert torch.equal(value, base.state_dict()[key]), key
+
+    with pytest.raises(SystemExit, match="architecture"):
+        train_main(
+            [
+                *argv[:-4],
+                "--steps",
+                "1",
+                "--block",
+                "none",
+                "--out",
+                str(tmp_path / "c"),
+                "--init",
+                str(first),
+            ]
+        )
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        train_main(
+            [*argv[:-4], "--steps", "1", "--out", str(tmp_path / "d"), "--init", str(tmp_path / "nope.pt")]
+        )
