@@ -121,7 +121,8 @@ def test_detector_trains_from_a_box_list_and_from_wider_label_txt(tmp_path: Path
 def test_init_starts_a_new_run_from_a_detector_checkpoint_and_refuses_a_mismatch(tmp_path: Path) -> None:
     faces, backgrounds = _fixture_dirs(tmp_path)
     common = ["--data", "synth", "--faces", str(faces), "--backgrounds", str(backgrounds), "--size", "64",
-              "--batch-size", "2", "--warmup-steps", "1", "--no-progress", "--ema", "0", "--lr", "0"]  # fmt: skip
+              "--batch-size", "2", "--warmup-steps", "1", "--no-progress", "--ema", "0",
+              "--lr", "0"]  # fmt: skip
     first = tmp_path / "first.pt"
     assert (
         train_main(["detector", *common, "--steps", "1", "--out", str(tmp_path / "a"), "--final", str(first)])
