@@ -158,10 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_with_retries(argv: Sequence[str], program: Sequence[str] | None = None) -> int:
     """Run the export in a child process, and again (up to ``ATTEMPTS`` in all) if it crashes.
 
-    torch 2.13's TorchScript exporter sometimes dies with SIGSEGV in the pass that turns each
+    torch 2.13's TorchScript exporter used to die with SIGSEGV in the pass that turns each
     Poly-NL block into an ONNX function (``_jit_pass_onnx_function_extraction``): about one
-    run in six for the shipped detector on the development machine, loaded or not, so it
-    looks like it depends on the process's memory layout, and a fresh process gets through.
+    run in six for the shipped detector, and a fresh process got through. That pass is no
+    longer used (:mod:`export.block_functions` builds the functions); this stays as a guard
+    against native crashes in the exporter.
     A crashed run publishes nothing (versions are staged, then moved into place), so running
     it again is safe. Other exits, including other signals (Ctrl-C), pass straight through.
     """

@@ -3,20 +3,22 @@
 Data path: checkpoint (``models.checkpoint.load_model``) -> **this module** -> ``model.onnx``
 -> :mod:`export.graph_check` and :mod:`export.parity` -> :mod:`export.repository`.
 
-How the blocks become functions (torch 2.13.0): the TorchScript-based exporter
-(``torch.onnx.export(..., dynamo=False)``) still supports
-``export_modules_as_functions={PolyNL, NonLocal}``. It emits one ``FunctionProto`` per block
-class whose body is the block's traced ops, and one call node per block instance, with the
-block's weights passed in as inputs. Constant folding in eval mode folds the block's
-trailing BatchNorm into its last 1x1 convolution (and every backbone BatchNorm into the conv
-before it), so the Poly-NL function body is ``Conv x3, Mul, ReduceMean, Mul, Conv, Add``.
-The exporter names the function domain after the Python module (``models.blocks``); a
-post-pass renames it to :data:`BLOCK_DOMAIN` so Netron shows ``polynl.PolyNL`` nodes.
-ONNX Runtime inlines local functions when it loads the file, so serving costs nothing.
+How the blocks become functions: the TorchScript-based exporter
+(``torch.onnx.export(..., dynamo=False)``) traces the model with every Poly-NL / non-local
+block wrapped so that its ops carry a unique scope in their names; then
+:mod:`export.block_functions` moves each block's ops into one ``FunctionProto`` per block class
+(``polynl.PolyNL``, ``polynl.NonLocal``: Netron shows the blocks) and leaves one call node per
+block instance, with the block's weights passed in as inputs. Constant folding in eval mode
+folds the block's trailing BatchNorm into its last 1x1 convolution (and every backbone
+BatchNorm into the conv before it), so the Poly-NL function body is
+``Conv x3, Mul, ReduceMean, Mul, Conv, Add``. ONNX Runtime inlines local functions when it
+loads the file, so serving costs nothing.
 
-The torch.export-based exporter (the default in torch 2.13) has no module-as-function
-option; it was not used because the TorchScript path gives the functions directly and
-traces the detector's input-size-dependent prior generation as ``Shape`` ops.
+torch's own ``export_modules_as_functions`` would do the grouping, but in torch 2.13 the pass
+behind it intermittently crashes the process with SIGSEGV (see :mod:`export.block_functions`).
+
+The torch.export-based exporter (the default in torch 2.13) was not used: the TorchScript
+path traces the detector's input-size-dependent prior generation as ``Shape`` ops.
 
 Opset :data:`OPSET` = 17: supported by every ONNX Runtime since 1.14 (including the builds
 inside current Triton images); ``ReduceMean`` still takes its axes as an attribute there,
@@ -34,24 +36,11 @@ import onnx
 import torch
 from torch import nn
 
+from export.block_functions import BLOCK_DOMAIN, BlockFunctionError, extract_block_functions, marked_blocks
 from models.blocks import NonLocal, PolyNL
 
 OPSET = 17
-BLOCK_DOMAIN = "polynl"
 BLOCK_CLASSES: tuple[type[nn.Module], ...] = (PolyNL, NonLocal)
-# The domain the TorchScript exporter gives a module exported as a function: its module path.
-_EXPORTER_DOMAINS = {cls.__module__ for cls in BLOCK_CLASSES}
-
-_FUNCTION_DOCS = {
-    "PolyNL": (
-        "Poly-NL block (Babiloni et al., ICCV 2021): Y = X + W4((X W1) * mean_n((X W2) * (X W3))), "
-        "BatchNorm folded into W4; linear in the number of positions N = H*W."
-    ),
-    "NonLocal": (
-        "Non-local block (Wang et al., CVPR 2018): softmax(theta phi^T) g, an N x N affinity; "
-        "quadratic in the number of positions."
-    ),
-}
 
 
 class ExportError(RuntimeError):
@@ -103,14 +92,10 @@ def detector_spec(height: int = 320, width: int = 320) -> ExportSpec:
     )
 
 
-def _block_classes_in(module: nn.Module) -> set[type[nn.Module]]:
-    return {type(m) for m in module.modules() if isinstance(m, BLOCK_CLASSES)}
-
-
 def _trace_to_onnx(module: nn.Module, spec: ExportSpec, path: Path, opset: int) -> onnx.ModelProto:
     example = torch.randn(*spec.example_shape, generator=torch.Generator().manual_seed(0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), marked_blocks(module, BLOCK_CLASSES) as blocks:
         # The TorchScript exporter is deprecated in favour of dynamo, and tracing warns about
         # shape-dependent Python values; both are expected here (see the module docstring).
         warnings.simplefilter("ignore")
@@ -124,26 +109,11 @@ def _trace_to_onnx(module: nn.Module, spec: ExportSpec, path: Path, opset: int) 
             output_names=list(spec.output_names),
             dynamic_axes=spec.dynamic_axes,
             do_constant_folding=True,
-            export_modules_as_functions=_block_classes_in(module) or False,
             training=torch.onnx.TrainingMode.EVAL,
         )
-    return onnx.load(str(path))
-
-
-def rename_block_domain(model: onnx.ModelProto, domain: str = BLOCK_DOMAIN) -> None:
-    """Move the block functions (and their call nodes) from ``models.blocks`` to ``domain``."""
-    for function in model.functions:
-        if function.domain in _EXPORTER_DOMAINS:
-            function.domain = domain
-            function.doc_string = _FUNCTION_DOCS.get(function.name, "")
-    for node in model.graph.node:
-        if node.domain in _EXPORTER_DOMAINS:
-            node.domain = domain
-    kept = [op for op in model.opset_import if op.domain not in _EXPORTER_DOMAINS | {domain}]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
-    if model.functions:
-        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    model = onnx.load(str(path))
+    extract_block_functions(model, blocks, opset)
+    return model
 
 
 def drop_initializer_identities(model: onnx.ModelProto) -> int:
@@ -184,9 +154,10 @@ def export_onnx(
     module.eval()
     try:
         model = _trace_to_onnx(module, spec, path, opset)
+    except BlockFunctionError as exc:
+        raise ExportError(f"could not group the context blocks into ONNX functions: {exc}") from exc
     except Exception as exc:  # the exporter raises many types; name the step that failed
         raise ExportError(f"torch.onnx.export failed: {exc.__class__.__name__}: {exc}") from exc
-    rename_block_domain(model)
     drop_initializer_identities(model)
     model.doc_string = doc
     for key, value in (metadata or {}).items():

@@ -140,9 +140,8 @@ def test_shipped_detector_finds_faces_on_a_cmumit_slice(small_photos_labels: Pat
 def test_onnx_export_scores_the_same_as_its_checkpoint(
     random_detector: Path, slice_labels: Path, tmp_path: Path
 ) -> None:
-    # The CLI in its own process, as a user runs it: torch's TorchScript exporter intermittently
-    # crashes on the detector, and the CLI re-runs itself then (in-process, it would take
-    # pytest down with it).
+    # The CLI in its own process, as a user runs it (it guards against native crashes of
+    # torch's exporter by re-running itself; in-process, such a crash would take pytest down).
     repo = tmp_path / "repo"
     command = [sys.executable, "-m", "export", "--only", "face_detector"]
     done = run_export_cli([*command, "--detector-checkpoint", str(random_detector), "--out", str(repo)])
