@@ -173,6 +173,9 @@ def service_spec(
             "POLYNL_QUEUE_SIZE": "1024",
             "POLYNL_REQUEST_TIMEOUT_S": "120",
             "POLYNL_LOG_LEVEL": "warning",
+            # One detector pass per image, as the plain endpoint and LitServe run it: the
+            # comparison is of serving, not of the pyramid's extra passes.
+            "POLYNL_DETECTOR_PYRAMID": "",
         },
         listen_from_env=True,
         ours=True,

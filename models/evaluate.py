@@ -2,9 +2,9 @@
 
 Where it sits: beside training, at the end of the model side. It runs the models exactly as
 they are served: the classifier through :func:`service.preprocess.classifier_input`, the
-detector through :func:`service.preprocess.letterbox` and
-:func:`service.postprocess.select_faces`, either the PyTorch checkpoint or the exported ONNX
-model (``--onnx model_repository/<name>``). Detector metrics come from
+detector through :func:`service.pyramid.pyramid_inputs` (letterbox and pyramid levels),
+:func:`service.pyramid.merge_levels` and :func:`service.postprocess.select_faces`, either the
+PyTorch checkpoint or the exported ONNX model (``--onnx model_repository/<name>``). Detector metrics come from
 :mod:`models.detection_metrics`, the same code that scores the baselines.
 
 Commands::
@@ -49,7 +49,9 @@ from models.detection_metrics import (
     plot_pr_curves,
 )
 from service.postprocess import select_faces
-from service.preprocess import choose_bucket, classifier_input, letterbox
+from service.preprocess import choose_bucket, classifier_input
+from service.pyramid import DEFAULT_LEVELS as DEFAULT_PYRAMID_LEVELS
+from service.pyramid import LevelOutput, merge_levels, pyramid_inputs
 from service.repository import Preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -223,14 +225,16 @@ def full_image_bucket(width: int, height: int, multiple: int = 32) -> tuple[int,
 
 @dataclass(frozen=True)
 class FaceSelection:
-    """Threshold and NMS of :func:`service.postprocess.select_faces` for scoring.
+    """Pyramid, threshold and NMS as the service applies them, for scoring.
 
-    The score threshold is far below the service's, so the PR curve reaches high recall.
+    The score threshold is far below the service's, so the PR curve reaches high recall. The
+    pyramid levels default to the service's (``POLYNL_DETECTOR_PYRAMID``, service/pyramid.py).
     """
 
     score_threshold: float = 0.02
     nms_iou: float = 0.4
     max_faces: int = 750
+    pyramid: tuple[float, ...] = DEFAULT_PYRAMID_LEVELS
 
 
 def faces_to_detections(
@@ -274,12 +278,13 @@ class TorchFaceDetector:
 
     def __call__(self, rgb: np.ndarray) -> ImageDetections:
         image = Image.fromarray(rgb)
-        boxed = letterbox(image, full_image_bucket(*image.size), self.preprocess)
-        with self._torch.inference_mode():
-            boxes, scores, landmarks = self.network(self._torch.from_numpy(boxed.tensor)[None])
-        return faces_to_detections(
-            boxes[0].numpy(), scores[0].numpy(), landmarks[0].numpy(), boxed.scale, self.selection
-        )
+        bucket = full_image_bucket(*image.size)
+        levels = []
+        for boxed in pyramid_inputs(image, bucket, self.preprocess, self.selection.pyramid):
+            with self._torch.inference_mode():
+                boxes, scores, landmarks = self.network(self._torch.from_numpy(boxed.tensor)[None])
+            levels.append(LevelOutput(boxes[0].numpy(), scores[0].numpy(), landmarks[0].numpy(), boxed.scale))
+        return faces_to_detections(*merge_levels(levels), 1.0, self.selection)
 
 
 class OnnxFaceDetector:
@@ -307,25 +312,19 @@ class OnnxFaceDetector:
 
     def __call__(self, rgb: np.ndarray) -> ImageDetections:
         image = Image.fromarray(rgb)
+        pyramid = self.selection.pyramid
         if self.fixed_buckets is not None:
             bucket = choose_bucket(image.width, image.height, self.fixed_buckets)  # type: ignore[arg-type]
+            pyramid = ()  # a fixed-size graph takes no smaller copies
         else:
             bucket = full_image_bucket(image.width, image.height)
-        boxed = letterbox(image, bucket, self.preprocess)
-        outputs = dict(
-            zip(
-                [o.name for o in self.session.get_outputs()],
-                self.session.run(None, {self.config.input.name: boxed.tensor[None]}),
-                strict=True,
-            )
-        )
-        return faces_to_detections(
-            np.asarray(outputs["boxes"])[0],
-            np.asarray(outputs["scores"])[0],
-            np.asarray(outputs["landmarks"])[0],
-            boxed.scale,
-            self.selection,
-        )
+        names = [o.name for o in self.session.get_outputs()]
+        levels = []
+        for boxed in pyramid_inputs(image, bucket, self.preprocess, pyramid):
+            run = self.session.run(None, {self.config.input.name: boxed.tensor[None]})
+            outputs = {name: np.asarray(value)[0] for name, value in zip(names, run, strict=True)}
+            levels.append(LevelOutput(outputs["boxes"], outputs["scores"], outputs["landmarks"], boxed.scale))
+        return faces_to_detections(*merge_levels(levels), 1.0, self.selection)
 
 
 def run_detector(
@@ -452,6 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--score-threshold", type=float, default=0.02, help="low, so the PR curve is complete")
     det.add_argument("--nms-iou", type=float, default=0.4)
     det.add_argument("--max-faces", type=int, default=750)
+    det.add_argument(
+        "--pyramid",
+        type=float,
+        nargs="*",
+        default=list(DEFAULT_PYRAMID_LEVELS),
+        help="extra passes on smaller copies, as the service's POLYNL_DETECTOR_PYRAMID "
+        f"(default {' '.join(map(str, DEFAULT_PYRAMID_LEVELS))}; '--pyramid' alone: one pass)",
+    )
     det.add_argument("--baselines", nargs="*", default=[], help="also run these baselines (same plot/JSON)")
 
     base = sub.add_parser("baseline", help="AP/NME of OpenCV Haar, res10 SSD or MTCNN")
@@ -478,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     detectors: dict[str, Callable[[], FaceDetector]] = {}
     if args.command == "detector":
-        selection = FaceSelection(args.score_threshold, args.nms_iou, args.max_faces)
+        selection = FaceSelection(args.score_threshold, args.nms_iou, args.max_faces, tuple(args.pyramid))
         if args.checkpoint:
             detectors[DETECTOR_NAME] = partial(TorchFaceDetector, args.checkpoint, selection)
         else:

@@ -59,7 +59,8 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "polynl_batch_size",
-            "Images per inference call (the _count is the number of inference calls).",
+            "Network inputs per inference call: images, and for the detector each pyramid level "
+            "of an image (the _count is the number of inference calls).",
             ["model"],
             buckets=_BATCH_BUCKETS,
             registry=self.registry,

@@ -24,7 +24,8 @@ from PIL import Image
 from service.batching import Batcher, BatchObserver, BatchResult, PredictFn
 from service.images import load_image, open_image
 from service.postprocess import faces_to_original, select_faces, softmax, top_k
-from service.preprocess import choose_bucket, classifier_input, letterbox
+from service.preprocess import choose_bucket, classifier_input
+from service.pyramid import LevelOutput, level_bucket, merge_levels, pyramid_inputs
 from service.repository import LoadedModel, ModelConfig
 from service.runtime import ModelSession
 from service.schemas import Classification, Detection, Face, LabelScore, Landmarks
@@ -57,6 +58,8 @@ class Prepared:
     height: int
     scale: float  # letterbox scale (detector); 1.0 for the classifier
     decode_ms: float
+    # Detector pyramid levels (service/pyramid.py): (array, scale) of each smaller copy.
+    levels: tuple[tuple[np.ndarray, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,11 @@ class ImageOutcome:
     upload: Upload
     prepared: Prepared
     result: BatchResult
+    level_results: tuple[BatchResult, ...] = ()  # one per prepared.levels
+
+    @property
+    def all_results(self) -> tuple[BatchResult, ...]:
+        return (self.result, *self.level_results)
 
 
 def _delayed(predict: PredictFn, delay_s: float) -> PredictFn:
@@ -145,7 +153,8 @@ class ModelPipeline:
     def warmup_shapes(self) -> list[tuple[int, ...]]:
         raise NotImplementedError
 
-    def preprocess(self, image: Image.Image) -> tuple[np.ndarray, float]:
+    def preprocess(self, image: Image.Image) -> list[tuple[np.ndarray, float]]:
+        """(network input, scale) for the image: the main input first, then any pyramid levels."""
         raise NotImplementedError
 
     def warm_up(self) -> None:
@@ -164,13 +173,14 @@ class ModelPipeline:
     def _finish(self, image: Image.Image, started: float) -> Prepared:
         """Decode the pixels of an opened image and preprocess them."""
         decoded = load_image(image, self.settings.max_image_pixels)
-        array, scale = self.preprocess(decoded.image)
+        (array, scale), *levels = self.preprocess(decoded.image)
         return Prepared(
             array=array,
             width=decoded.width,
             height=decoded.height,
             scale=scale,
             decode_ms=(time.perf_counter() - started) * 1000.0,
+            levels=tuple(levels),
         )
 
     def _decode_inline(self, image: Image.Image, size_bytes: int) -> bool:
@@ -191,8 +201,19 @@ class ModelPipeline:
 
     async def _one(self, upload: Upload, decode_pool: Executor, deadline: float, tag: str) -> ImageOutcome:
         prepared = await self._prepare(upload.data, decode_pool)
-        result = await self.batcher.submit(prepared.array, deadline, tag)
-        return ImageOutcome(upload=upload, prepared=prepared, result=result)
+        if not prepared.levels:
+            result = await self.batcher.submit(prepared.array, deadline, tag)
+            return ImageOutcome(upload=upload, prepared=prepared, result=result)
+        # Pyramid levels have other shapes, so they ride in other batches, at the same time.
+        arrays = [prepared.array, *(array for array, _ in prepared.levels)]
+        submitted = [asyncio.ensure_future(self.batcher.submit(a, deadline, tag)) for a in arrays]
+        try:
+            result, *level_results = await asyncio.gather(*submitted)
+        except BaseException:
+            for future in submitted:
+                future.cancel()
+            raise
+        return ImageOutcome(upload, prepared, result, level_results=tuple(level_results))
 
     async def infer(
         self, uploads: Sequence[Upload], decode_pool: Executor, deadline: float, tag: str = ""
@@ -221,8 +242,8 @@ class ClassifierPipeline(ModelPipeline):
         sizes = sorted({1, self.settings.max_batch_size})
         return [(n, 3, height, width) for n in sizes]
 
-    def preprocess(self, image: Image.Image) -> tuple[np.ndarray, float]:
-        return classifier_input(image, self.config.preprocess), 1.0
+    def preprocess(self, image: Image.Image) -> list[tuple[np.ndarray, float]]:
+        return [(classifier_input(image, self.config.preprocess), 1.0)]
 
     def answer(self, index: int, outcome: ImageOutcome, k: int) -> Classification:
         logits = outcome.result.outputs[self.config.outputs[0]]
@@ -246,28 +267,38 @@ class DetectorPipeline(ModelPipeline):
         return list(self.settings.detection_buckets or self.config.size_buckets or DEFAULT_BUCKETS)
 
     def warmup_shapes(self) -> list[tuple[int, ...]]:
-        return [(1, 3, h, w) for h, w in self.buckets]
+        buckets = [*self.buckets]
+        for bucket in self.buckets:
+            buckets += [level_bucket(bucket, factor) for factor in self.settings.detector_pyramid]
+        return [(1, 3, h, w) for h, w in dict.fromkeys(buckets)]
 
-    def preprocess(self, image: Image.Image) -> tuple[np.ndarray, float]:
+    def preprocess(self, image: Image.Image) -> list[tuple[np.ndarray, float]]:
         width, height = image.size
         bucket = choose_bucket(width, height, self.buckets)
-        boxed = letterbox(image, bucket, self.config.preprocess)
-        return boxed.tensor, boxed.scale
+        inputs = pyramid_inputs(image, bucket, self.config.preprocess, self.settings.detector_pyramid)
+        return [(boxed.tensor, boxed.scale) for boxed in inputs]
 
     def answer(
         self, index: int, outcome: ImageOutcome, score_threshold: float, nms_iou: float, max_faces: int
     ) -> Detection:
-        outputs = outcome.result.outputs
-        faces = select_faces(
-            outputs["boxes"].astype(np.float32),
-            outputs["scores"].astype(np.float32),
-            outputs["landmarks"].astype(np.float32),
-            score_threshold=score_threshold,
-            nms_iou=nms_iou,
-            max_faces=max_faces,
-        )
         prepared = outcome.prepared
-        faces = faces_to_original(faces, prepared.scale, prepared.width, prepared.height)
+        scales = [prepared.scale, *(scale for _, scale in prepared.levels)]
+        boxes, scores, landmarks = merge_levels(
+            [
+                LevelOutput(
+                    boxes=result.outputs["boxes"].astype(np.float32),
+                    scores=result.outputs["scores"].astype(np.float32),
+                    landmarks=result.outputs["landmarks"].astype(np.float32),
+                    scale=scale,
+                )
+                for result, scale in zip(outcome.all_results, scales, strict=True)
+            ]
+        )
+        faces = select_faces(
+            boxes, scores, landmarks, score_threshold=score_threshold, nms_iou=nms_iou, max_faces=max_faces
+        )
+        # merge_levels already mapped to original pixels: only the clip to the image is left.
+        faces = faces_to_original(faces, 1.0, prepared.width, prepared.height)
         return Detection(
             index=index,
             filename=outcome.upload.filename,

@@ -29,7 +29,10 @@ class Timing(BaseModel):
 
     decode_ms: float = Field(description="Decoding and preprocessing, summed over the images.")
     queue_ms: float = Field(description="Longest wait of one image in the batch queue.")
-    inference_ms: float = Field(description="Longest ONNX Runtime call serving one of the images.")
+    inference_ms: float = Field(
+        description="Longest ONNX Runtime time serving one of the images (its detector pyramid "
+        "levels summed)."
+    )
     total_ms: float = Field(description="Wall time from the body being read to the response.")
 
 

@@ -7,6 +7,7 @@ path: the same decode + preprocessing fed straight to an ONNX Runtime session.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +17,13 @@ import image_cases
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import SAMPLES, ServerHandle
+from conftest import SAMPLES, ServerHandle, repository_is_random
+from PIL import Image
 
 from service.images import decode_image
-from service.postprocess import faces_to_original, select_faces, softmax
-from service.preprocess import choose_bucket, classifier_input, letterbox
+from service.postprocess import box_iou, faces_to_original, select_faces, softmax
+from service.preprocess import choose_bucket, classifier_input
+from service.pyramid import DEFAULT_LEVELS, LevelOutput, merge_levels, pyramid_inputs
 from service.repository import load_repository
 
 CAT = SAMPLES / "cat.jpg"
@@ -155,15 +158,43 @@ def test_detection_equals_direct_onnxruntime_plus_postprocessing(
     session = direct_session(model_repository, "face_detector")
     for path, result in zip(images, response.json()["results"], strict=True):
         image = decode_image(path.read_bytes(), 10**8).image
-        boxed = letterbox(image, choose_bucket(*image.size, buckets), model.config.preprocess)
-        boxes, scores, landmarks = session.run(None, {"images": boxed.tensor[None]})
-        faces = select_faces(boxes[0], scores[0], landmarks[0], 0.6, 0.3, 50)
-        expected = faces_to_original(faces, boxed.scale, *image.size)
+        bucket = choose_bucket(*image.size, buckets)
+        levels = []
+        for boxed in pyramid_inputs(image, bucket, model.config.preprocess, DEFAULT_LEVELS):
+            boxes, scores, landmarks = session.run(None, {"images": boxed.tensor[None]})
+            levels.append(LevelOutput(boxes[0], scores[0], landmarks[0], boxed.scale))
+        assert len(levels) == 3  # both pyramid levels (the default) shrink these images
+        faces = select_faces(*merge_levels(levels), 0.6, 0.3, 50)
+        expected = faces_to_original(faces, 1.0, *image.size)
         assert len(result["faces"]) == len(expected.scores)
         if result["faces"]:
             got = np.asarray([f["box"] for f in result["faces"]])
             np.testing.assert_allclose(got, expected.boxes, rtol=1e-4, atol=1e-2)
             np.testing.assert_allclose([f["score"] for f in result["faces"]], expected.scores, atol=1e-5)
+
+
+def test_a_face_larger_than_the_training_faces_is_found_on_a_pyramid_level(
+    client: httpx.Client, model_repository: Path
+) -> None:
+    if repository_is_random(model_repository):
+        pytest.skip("needs the shipped detector weights")
+    # A tight crop around the astronaut's face, enlarged to 600 x 600: the face (tight box,
+    # samples/README.md) becomes about 460 px, twice the largest face of the training images.
+    crop = (137, 33, 310, 206)
+    image = Image.open(FACE).convert("RGB").crop(crop).resize((600, 600), Image.Resampling.BILINEAR)
+    factor = 600 / (crop[2] - crop[0])
+    expected = np.asarray([(158 - crop[0]) * factor, (46 - crop[1]) * factor,
+                           (291 - crop[0]) * factor, (195 - crop[1]) * factor])  # fmt: skip
+    payload = io.BytesIO()
+    image.save(payload, format="PNG")
+    response = client.post(
+        "/detect-faces", params={"score_threshold": 0.5}, files={"file": ("big.png", payload.getvalue())}
+    )
+    assert response.status_code == 200, response.text
+    faces = response.json()["results"][0]["faces"]
+    assert faces, "no face found"
+    best = max(faces, key=lambda face: face["score"])
+    assert box_iou(expected, np.asarray([best["box"]]))[0] >= 0.5, (best, expected.tolist())
 
 
 # --- errors: each a clear 4xx in one JSON shape, and the server keeps serving --------------------

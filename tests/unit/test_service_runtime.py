@@ -9,6 +9,7 @@ import pytest
 
 from service.metrics import Metrics
 from service.pipelines import DetectorPipeline, make_pipeline
+from service.pyramid import level_bucket
 from service.repository import load_repository
 from service.runtime import create_session, requested_providers
 from service.settings import Settings
@@ -50,4 +51,7 @@ def test_detection_buckets_come_from_config_unless_overridden(
     pipeline = make_pipeline(model, session, settings, Metrics().observer("face_detector"))
     assert isinstance(pipeline, DetectorPipeline)
     assert pipeline.buckets == (expected or [tuple(b) for b in model.config.size_buckets or []])
-    assert pipeline.warmup_shapes() == [(1, 3, h, w) for h, w in pipeline.buckets]
+    # One warm-up per bucket, then per smaller bucket of the pyramid levels (each shape once).
+    levels = [level_bucket(b, f) for b in pipeline.buckets for f in settings.detector_pyramid]
+    shapes = [(1, 3, h, w) for h, w in dict.fromkeys([*pipeline.buckets, *levels])]
+    assert pipeline.warmup_shapes() == shapes

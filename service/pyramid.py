@@ -1,0 +1,88 @@
+"""Detector image pyramid: the same network on smaller copies, for faces too large for it.
+
+The shipped detector saw faces up to about 217 px wide in training (256 x 256 composites);
+a face of 300-600 px in a 640 px bucket is then missed or badly placed. Each extra level runs
+the network on a copy scaled by its factor (default 1/2 and 1/4, so +25 % and +6 % of the
+main pass's pixels), where such a face is back in range.
+
+Each level answers for one band of face sizes, measured in that level's own input pixels:
+below :data:`MAX_FACE` (256, the training size) except on the last level, and from
+:data:`MIN_FACE` (64) up except on the main level. Adjacent bands overlap (a face of 128-256 px
+at one level is 64-128 px at the next), so no size falls between levels, and small boxes,
+where false positives live, come from the full-resolution pass only. The candidates of all
+levels, in original-image pixels, then go through the one threshold + NMS
+(:func:`service.postprocess.select_faces`).
+
+Pure NumPy + Pillow; the service (:mod:`service.pipelines`) and the evaluation
+(:mod:`models.evaluate`) both build their inputs and merge their outputs here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from service.preprocess import Letterbox, Preprocess, letterbox
+
+DEFAULT_LEVELS: tuple[float, ...] = (0.5, 0.25)
+MIN_FACE = 64.0  # px of a level's input: smaller boxes of an extra level are dropped
+MAX_FACE = 256.0  # px of a level's input: larger boxes of a non-last level are dropped
+_MIN_SIDE = 32  # the network's stride: no level smaller than this
+_SKIP_RATIO = 0.75  # a level that could not shrink the image below this x the main scale adds nothing
+
+
+def level_bucket(bucket: tuple[int, int], factor: float) -> tuple[int, int]:
+    """The (height, width) bucket of a level: ``factor`` x the main bucket, rounded up to 32."""
+    return tuple(  # type: ignore[return-value]
+        max(_MIN_SIDE, math.ceil(side * factor / _MIN_SIDE) * _MIN_SIDE) for side in bucket
+    )
+
+
+def pyramid_inputs(
+    image: Image.Image, bucket: tuple[int, int], preprocess: Preprocess, levels: Sequence[float]
+) -> list[Letterbox]:
+    """The main letterbox in ``bucket``, then one per level that really shrinks the image."""
+    main = letterbox(image, bucket, preprocess)
+    inputs = [main]
+    for factor in levels:
+        smaller = letterbox(image, level_bucket(bucket, factor), preprocess)
+        if smaller.scale <= _SKIP_RATIO * inputs[-1].scale:
+            inputs.append(smaller)
+    return inputs
+
+
+@dataclass(frozen=True)
+class LevelOutput:
+    """One level's decoded detector outputs for one image, in that level's input pixels."""
+
+    boxes: np.ndarray  # (P, 4) x1y1x2y2
+    scores: np.ndarray  # (P,)
+    landmarks: np.ndarray  # (P, 10)
+    scale: float  # the level's input pixels per original pixel
+
+
+def merge_levels(
+    outputs: Sequence[LevelOutput], min_face: float = MIN_FACE, max_face: float = MAX_FACE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every level's candidates in its size band, in original-image pixels (main level first)."""
+    boxes, scores, landmarks = [], [], []
+    last = len(outputs) - 1
+    for index, level in enumerate(outputs):
+        width = level.boxes[:, 2] - level.boxes[:, 0]
+        keep = np.ones(width.shape, dtype=bool)
+        if index > 0:
+            keep &= width >= min_face
+        if index < last:
+            keep &= width < max_face
+        boxes.append(level.boxes[keep] / np.float32(level.scale))
+        scores.append(level.scores[keep])
+        landmarks.append(level.landmarks[keep].reshape(-1, 10) / np.float32(level.scale))
+    return (
+        np.concatenate(boxes).astype(np.float32),
+        np.concatenate(scores).astype(np.float32),
+        np.concatenate(landmarks).astype(np.float32),
+    )
