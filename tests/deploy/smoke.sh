@@ -191,9 +191,14 @@ lb_check() {
   deploy/build-base.sh "$nginx_image" nginx-light
   sed -e "s|server api:8000 \(.*\);|server 127.0.0.1:$p1 \1;\n        server 127.0.0.1:$p2 \1;|" \
     -e "s|listen 8080;|listen 127.0.0.1:$plb;|" deploy/nginx/nginx.conf >"$WORK/nginx.conf"
+  # The second replica runs two worker processes (POLYNL_WORKERS=2: SO_REUSEPORT, metrics
+  # files in the /tmp tmpfs of the read-only container).
+  local workers
   for p in $p1 $p2; do
+    workers=$([[ $p == "$p2" ]] && echo 2 || echo 1)
     docker run -d --label polynl-smoke=1 --network host --read-only --tmpfs /tmp \
-      -e POLYNL_HOST=127.0.0.1 -e POLYNL_PORT="$p" -e POLYNL_INTRA_OP_THREADS=1 "$IMAGE" >/dev/null
+      -e POLYNL_HOST=127.0.0.1 -e POLYNL_PORT="$p" -e POLYNL_INTRA_OP_THREADS=1 \
+      -e POLYNL_WORKERS="$workers" "$IMAGE" >/dev/null
   done
   docker run -d --label polynl-smoke=1 --network host --read-only --tmpfs /tmp \
     -v "$WORK/nginx.conf:/etc/nginx/nginx.conf:ro" "$nginx_image" nginx -g "daemon off;" >/dev/null
@@ -203,7 +208,7 @@ lb_check() {
   python3 tests/deploy/smoke_client.py balanced "$plb" "$SAMPLES" "$p1" "$p2" || fail "load balancing"
   remove_lb
 }
-say "scale-out: 2 replicas behind nginx"
+say "scale-out: 2 replicas behind nginx (the second with POLYNL_WORKERS=2)"
 lb_check
 
 say "SIGTERM with a request in flight (docker-compose stop)"
