@@ -65,7 +65,12 @@ class Settings(BaseSettings):
     # --- batching -----------------------------------------------------------------------
     max_batch_size: int = Field(default=8, ge=1, le=1024)
     max_wait_ms: float = Field(default=5.0, ge=0.0, description="Longest wait for a batch to fill.")
-    queue_size: int = Field(default=128, ge=1, description="Queued images per model before 503.")
+    queue_size: int = Field(
+        default=128,
+        ge=1,
+        description="Queued network inputs per model before 503: images, each detector pyramid "
+        "level counting as one.",
+    )
     request_timeout_s: float = Field(
         default=10.0, gt=0.0, description="Deadline per request (queue + inference)."
     )
