@@ -24,7 +24,7 @@ from bench.machine import machine_info, machine_markdown, write_report
 from service.pipelines import DEFAULT_BUCKETS
 from service.postprocess import select_faces
 from service.preprocess import choose_bucket
-from service.pyramid import DEFAULT_LEVELS, LevelOutput, merge_levels, pyramid_inputs
+from service.pyramid import DEFAULT_LEVELS, detect_levels, pyramid_inputs
 from service.repository import load_repository
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,11 +33,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def detect(session: ort.InferenceSession, image: Image.Image, model: Any, levels: tuple[float, ...]) -> int:
     """Faces found in one image the service's way (score 0.5, NMS 0.4); returns their count."""
     bucket = choose_bucket(*image.size, model.config.size_buckets or DEFAULT_BUCKETS)
-    outputs = []
-    for boxed in pyramid_inputs(image, bucket, model.config.preprocess, levels):
-        boxes, scores, landmarks = session.run(None, {model.config.input.name: boxed.tensor[None]})
-        outputs.append(LevelOutput(boxes[0], scores[0], landmarks[0], boxed.scale))
-    return len(select_faces(*merge_levels(outputs), 0.5, 0.4, 100).scores)
+    inputs = pyramid_inputs(image, bucket, model.config.preprocess, levels)
+    merged = detect_levels(inputs, lambda batch: session.run(None, {model.config.input.name: batch}))
+    return len(select_faces(*merged, 0.5, 0.4, 100).scores)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

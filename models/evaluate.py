@@ -51,7 +51,7 @@ from models.detection_metrics import (
 from service.postprocess import select_faces
 from service.preprocess import choose_bucket, classifier_input
 from service.pyramid import DEFAULT_LEVELS as DEFAULT_PYRAMID_LEVELS
-from service.pyramid import LevelOutput, merge_levels, pyramid_inputs
+from service.pyramid import detect_levels, pyramid_inputs
 from service.repository import Preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -278,13 +278,15 @@ class TorchFaceDetector:
 
     def __call__(self, rgb: np.ndarray) -> ImageDetections:
         image = Image.fromarray(rgb)
-        bucket = full_image_bucket(*image.size)
-        levels = []
-        for boxed in pyramid_inputs(image, bucket, self.preprocess, self.selection.pyramid):
+        inputs = pyramid_inputs(
+            image, full_image_bucket(*image.size), self.preprocess, self.selection.pyramid
+        )
+
+        def run(batch: np.ndarray) -> list[np.ndarray]:
             with self._torch.inference_mode():
-                boxes, scores, landmarks = self.network(self._torch.from_numpy(boxed.tensor)[None])
-            levels.append(LevelOutput(boxes[0].numpy(), scores[0].numpy(), landmarks[0].numpy(), boxed.scale))
-        return faces_to_detections(*merge_levels(levels), 1.0, self.selection)
+                return [output.numpy() for output in self.network(self._torch.from_numpy(batch))]
+
+        return faces_to_detections(*detect_levels(inputs, run), 1.0, self.selection)
 
 
 class OnnxFaceDetector:
@@ -319,12 +321,13 @@ class OnnxFaceDetector:
         else:
             bucket = full_image_bucket(image.width, image.height)
         names = [o.name for o in self.session.get_outputs()]
-        levels = []
-        for boxed in pyramid_inputs(image, bucket, self.preprocess, pyramid):
-            run = self.session.run(None, {self.config.input.name: boxed.tensor[None]})
-            outputs = {name: np.asarray(value)[0] for name, value in zip(names, run, strict=True)}
-            levels.append(LevelOutput(outputs["boxes"], outputs["scores"], outputs["landmarks"], boxed.scale))
-        return faces_to_detections(*merge_levels(levels), 1.0, self.selection)
+
+        def run(batch: np.ndarray) -> list[np.ndarray]:
+            outputs = dict(zip(names, self.session.run(None, {self.config.input.name: batch}), strict=True))
+            return [outputs["boxes"], outputs["scores"], outputs["landmarks"]]
+
+        inputs = pyramid_inputs(image, bucket, self.preprocess, pyramid)
+        return faces_to_detections(*detect_levels(inputs, run), 1.0, self.selection)
 
 
 def run_detector(

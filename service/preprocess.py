@@ -79,21 +79,36 @@ def choose_bucket(width: int, height: int, buckets: Sequence[tuple[int, int]]) -
     return max(buckets, key=lambda b: (kept_scale(b), -b[0] * b[1]))
 
 
-def letterbox(image: Image.Image, bucket: tuple[int, int], preprocess: Preprocess) -> Letterbox:
-    """Scale to fit the bucket (aspect kept, never upscaled), paste top-left, pad, normalise.
-
-    A point (x, y) in the bucket maps to (x / scale, y / scale) in the original image.
-    """
+def fit_into(image: Image.Image, bucket: tuple[int, int]) -> Image.Image:
+    """The image scaled to fit the (height, width) bucket, aspect kept, never upscaled."""
     bucket_h, bucket_w = bucket
     width, height = image.size
     scale = min(1.0, bucket_h / height, bucket_w / width)
     new_w = min(bucket_w, max(1, round(width * scale)))
     new_h = min(bucket_h, max(1, round(height * scale)))
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    if (new_w, new_h) == (width, height):
+        return image
+    return image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+
+
+def pad_into(
+    fitted: Image.Image, original_size: tuple[int, int], bucket: tuple[int, int], preprocess: Preprocess
+) -> Letterbox:
+    """A fitted image (:func:`fit_into`) pasted top-left into its bucket, padded and normalised."""
+    bucket_h, bucket_w = bucket
+    new_w, new_h = fitted.size
     tensor = np.full((3, bucket_h, bucket_w), preprocess.pad_value, dtype=np.float32)
-    tensor[:, :new_h, :new_w] = normalize(np.asarray(image, dtype=np.uint8), preprocess)
+    tensor[:, :new_h, :new_w] = normalize(np.asarray(fitted, dtype=np.uint8), preprocess)
     # The exact scale actually applied on each axis can differ by rounding; use the x/y mean
     # of the realised scales so the mapping back is exact to within a fraction of a pixel.
+    width, height = original_size
     realised = ((new_w / width) + (new_h / height)) / 2.0
-    return Letterbox(tensor=tensor, scale=realised, original_size=(width, height), bucket=bucket)
+    return Letterbox(tensor=tensor, scale=realised, original_size=original_size, bucket=bucket)
+
+
+def letterbox(image: Image.Image, bucket: tuple[int, int], preprocess: Preprocess) -> Letterbox:
+    """Scale to fit the bucket (aspect kept, never upscaled), paste top-left, pad, normalise.
+
+    A point (x, y) in the bucket maps to (x / scale, y / scale) in the original image.
+    """
+    return pad_into(fit_into(image, bucket), image.size, bucket, preprocess)

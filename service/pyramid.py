@@ -20,13 +20,13 @@ Pure NumPy + Pillow; the service (:mod:`service.pipelines`) and the evaluation
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from service.preprocess import Letterbox, Preprocess, letterbox
+from service.preprocess import Letterbox, Preprocess, fit_into, pad_into
 
 DEFAULT_LEVELS: tuple[float, ...] = (0.5, 0.25)
 MIN_FACE = 64.0  # px of a level's input: smaller boxes of an extra level are dropped
@@ -45,11 +45,16 @@ def level_bucket(bucket: tuple[int, int], factor: float) -> tuple[int, int]:
 def pyramid_inputs(
     image: Image.Image, bucket: tuple[int, int], preprocess: Preprocess, levels: Sequence[float]
 ) -> list[Letterbox]:
-    """The main letterbox in ``bucket``, then one per level that really shrinks the image."""
-    main = letterbox(image, bucket, preprocess)
-    inputs = [main]
+    """The main letterbox in ``bucket``, then one per level that really shrinks the image.
+
+    The levels are scaled down from the main pass's copy, not from the upload: a large photo
+    is resized once at full size, not once per level.
+    """
+    fitted = fit_into(image, bucket)
+    inputs = [pad_into(fitted, image.size, bucket, preprocess)]
     for factor in levels:
-        smaller = letterbox(image, level_bucket(bucket, factor), preprocess)
+        level = level_bucket(bucket, factor)
+        smaller = pad_into(fit_into(fitted, level), image.size, level, preprocess)
         if smaller.scale <= _SKIP_RATIO * inputs[-1].scale:
             inputs.append(smaller)
     return inputs
@@ -86,3 +91,15 @@ def merge_levels(
         np.concatenate(scores).astype(np.float32),
         np.concatenate(landmarks).astype(np.float32),
     )
+
+
+def detect_levels(
+    inputs: Sequence[Letterbox], run: Callable[[np.ndarray], Sequence[np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image outside the service's batcher: ``run`` (a (1, 3, H, W) input -> boxes, scores,
+    landmarks, each with the batch axis) on every input of :func:`pyramid_inputs`, merged."""
+    outputs = []
+    for boxed in inputs:
+        boxes, scores, landmarks = (np.asarray(output)[0] for output in run(boxed.tensor[None]))
+        outputs.append(LevelOutput(boxes, scores, landmarks, boxed.scale))
+    return merge_levels(outputs)

@@ -23,7 +23,7 @@ from PIL import Image
 from service.images import decode_image
 from service.postprocess import box_iou, faces_to_original, select_faces, softmax
 from service.preprocess import choose_bucket, classifier_input
-from service.pyramid import DEFAULT_LEVELS, LevelOutput, merge_levels, pyramid_inputs
+from service.pyramid import DEFAULT_LEVELS, detect_levels, pyramid_inputs
 from service.repository import load_repository
 
 CAT = SAMPLES / "cat.jpg"
@@ -158,13 +158,12 @@ def test_detection_equals_direct_onnxruntime_plus_postprocessing(
     session = direct_session(model_repository, "face_detector")
     for path, result in zip(images, response.json()["results"], strict=True):
         image = decode_image(path.read_bytes(), 10**8).image
-        bucket = choose_bucket(*image.size, buckets)
-        levels = []
-        for boxed in pyramid_inputs(image, bucket, model.config.preprocess, DEFAULT_LEVELS):
-            boxes, scores, landmarks = session.run(None, {"images": boxed.tensor[None]})
-            levels.append(LevelOutput(boxes[0], scores[0], landmarks[0], boxed.scale))
-        assert len(levels) == 3  # both pyramid levels (the default) shrink these images
-        faces = select_faces(*merge_levels(levels), 0.6, 0.3, 50)
+        inputs = pyramid_inputs(
+            image, choose_bucket(*image.size, buckets), model.config.preprocess, DEFAULT_LEVELS
+        )
+        assert len(inputs) == 3  # both pyramid levels (the default) shrink these images
+        merged = detect_levels(inputs, lambda batch: session.run(None, {"images": batch}))
+        faces = select_faces(*merged, 0.6, 0.3, 50)
         expected = faces_to_original(faces, 1.0, *image.size)
         assert len(result["faces"]) == len(expected.scores)
         if result["faces"]:
