@@ -99,23 +99,28 @@ class _Instance:
     indices: list[int]  # positions of the block's ops in the main graph
 
 
-def _instance(graph: onnx.GraphProto, block: MarkedBlock) -> _Instance:
+def _integer_constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Integer constants of the graph (axes, shapes, indices: unscoped Constant nodes, or
+    initializers after constant folding), by value name."""
+    constants = {init.name: init for init in graph.initializer if init.data_type == onnx.TensorProto.INT64}
+    for node in graph.node:
+        value = node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
+        if value is not None and value.name == "value" and value.t.data_type == onnx.TensorProto.INT64:
+            constants[node.output[0]] = value.t
+    return constants
+
+
+def _instance(
+    graph: onnx.GraphProto, block: MarkedBlock, integer_constants: dict[str, onnx.TensorProto]
+) -> _Instance:
     segment = f"/{block.scope}/"
     indices = [i for i, node in enumerate(graph.node) if segment in node.name]
     if not indices:
         raise BlockFunctionError(f"no ops of {block.class_name} ({block.scope}) in the traced graph")
     nodes = [graph.node[i] for i in indices]
     produced = {out for node in nodes for out in node.output}
-    # Integer constants the block reads (axes, shapes, indices: unscoped Constant nodes, or
-    # initializers after constant folding) go into the body as Constant nodes, as in torch's
-    # own functions: shape inference inside the function then knows their values.
-    integer_constants = {
-        init.name: init for init in graph.initializer if init.data_type == onnx.TensorProto.INT64
-    }
-    for node in graph.node:
-        value = node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
-        if value is not None and value.name == "value" and value.t.data_type == onnx.TensorProto.INT64:
-            integer_constants[node.output[0]] = value.t
+    # Integer constants the block reads go into the body as Constant nodes, as in torch's own
+    # functions: shape inference inside the function then knows their values.
     constants: list[onnx.NodeProto] = []
     inputs: list[str] = []
     for node in nodes:
@@ -204,7 +209,8 @@ def extract_block_functions(model: onnx.ModelProto, blocks: list[MarkedBlock], o
     if not blocks:
         return
     graph = model.graph
-    instances = [_instance(graph, block) for block in blocks]
+    integer_constants = _integer_constants(graph)
+    instances = [_instance(graph, block, integer_constants) for block in blocks]
     by_class: dict[str, list[_Instance]] = {}
     for instance in instances:
         by_class.setdefault(instance.block.class_name, []).append(instance)
