@@ -30,7 +30,6 @@ from PIL import Image
 from models.detection_metrics import ImageDetections, evaluate_detections, iou_matrix, load_box_list
 from models.evaluate import FaceSelection, TorchFaceDetector, load_rgb
 from service.postprocess import select_faces
-from service.pyramid import DEFAULT_LEVELS
 
 Detect = Callable[[Image.Image], ImageDetections]
 
@@ -82,9 +81,9 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     data = Path(args.data)
     truth = load_box_list(data / "labels.json")
     images = [load_rgb(data / gt.file) for gt in truth]
-    levels = tuple(args.pyramid) if args.pyramid is not None else DEFAULT_LEVELS
-    selection = FaceSelection(pyramid=levels)
+    selection = FaceSelection(pyramid=None if args.pyramid is None else tuple(args.pyramid))
     detector = TorchFaceDetector(args.checkpoint, selection)
+    levels = detector.pyramid
 
     def detect(image: Image.Image) -> ImageDetections:
         return detector(np.asarray(image))

@@ -162,14 +162,17 @@ class DetectionReport:
 
 def load_box_list(labels_path: str | Path) -> list[ImageGroundTruth]:
     """Read a ``labels.json`` box list (the cmumit-val layout: ``images[]`` of ``file``,
-    ``width``, ``height``, ``faces[]`` of ``box`` and optional 5-point ``landmarks``)."""
+    ``width``, ``height``, ``faces[]`` of ``box`` and optional 5-point ``landmarks``; optional
+    ``ignore``: boxes ``[x1, y1, x2, y2]`` of faces that neither count nor penalise, as WIDER
+    FACE's ignored faces: too small, or too occluded to label)."""
     data = json.loads(Path(labels_path).read_text())
     images = data["images"] if isinstance(data, dict) else data
     out: list[ImageGroundTruth] = []
     for entry in images:
         faces = entry.get("faces", [])
-        boxes = np.asarray([f["box"] for f in faces], dtype=np.float64).reshape(-1, 4)
-        has_landmarks = all(f.get("landmarks") is not None for f in faces)
+        ignored = entry.get("ignore", [])
+        boxes = np.asarray([f["box"] for f in faces] + list(ignored), dtype=np.float64).reshape(-1, 4)
+        has_landmarks = not ignored and all(f.get("landmarks") is not None for f in faces)
         landmarks = (
             np.asarray([f["landmarks"] for f in faces], dtype=np.float64).reshape(-1, 5, 2)
             if has_landmarks
@@ -180,6 +183,7 @@ def load_box_list(labels_path: str | Path) -> list[ImageGroundTruth]:
                 file=entry["file"],
                 boxes=boxes,
                 landmarks=landmarks,
+                keep=np.asarray([True] * len(faces) + [False] * len(ignored)) if ignored else None,
                 width=entry.get("width"),
                 height=entry.get("height"),
             )

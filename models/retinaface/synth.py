@@ -67,6 +67,12 @@ def box_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
     return np.stack([x1, top, x1 + width, top + height], axis=1).astype(np.float32)
 
 
+# Pyramid levels a detector trained on these composites is served with (config.json's
+# preprocess.pyramid): its faces are at most ~0.85 x the training size, so larger faces are
+# looked for on 1/2 and 1/4 copies (service/pyramid.py).
+SYNTH_PYRAMID = (0.5, 0.25)
+
+
 @dataclass
 class SynthConfig:
     image_size: int = 320

@@ -51,6 +51,7 @@ from models.retinaface.data import (
 from models.retinaface.loss import MatchedTargets, MultiBoxLoss
 from models.retinaface.net import RetinaFace, RetinaFaceConfig
 from models.retinaface.priors import generate_priors
+from models.retinaface.synth import SYNTH_PYRAMID
 
 STATE_FILE = "last.pt"
 MODEL_FILE = "model.pt"
@@ -273,7 +274,9 @@ def deployable(
         arch=config.to_dict(),
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         labels=["face"],
-        preprocess=dict(PREPROCESS),
+        # Synthetic composites hold faces up to ~217 px: such a model needs the pyramid's smaller
+        # copies for larger faces (service/pyramid.py); real-photo training data covers them.
+        preprocess={**PREPROCESS, "pyramid": list(SYNTH_PYRAMID)} if args.data == "synth" else dict(PREPROCESS),
         training={
             "recipe": recipe(args),
             "seed": args.seed,

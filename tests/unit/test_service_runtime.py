@@ -52,6 +52,21 @@ def test_detection_buckets_come_from_config_unless_overridden(
     assert isinstance(pipeline, DetectorPipeline)
     assert pipeline.buckets == (expected or [tuple(b) for b in model.config.size_buckets or []])
     # One warm-up per bucket, then per smaller bucket of the pyramid levels (each shape once).
-    levels = [level_bucket(b, f) for b in pipeline.buckets for f in settings.detector_pyramid]
+    levels = [level_bucket(b, f) for b in pipeline.buckets for f in pipeline.pyramid]
     shapes = [(1, 3, h, w) for h, w in dict.fromkeys([*pipeline.buckets, *levels])]
     assert pipeline.warmup_shapes() == shapes
+
+
+@pytest.mark.parametrize(("override", "from_config"), [(None, True), ([0.25, 0.5], False), ([], False)])
+def test_detector_pyramid_comes_from_config_unless_overridden(
+    model_repository: Path, override: list[float] | None, from_config: bool
+) -> None:
+    model = load_repository(model_repository)["face_detector"]
+    settings = cpu_settings(detector_pyramid=override)
+    session = create_session("face_detector", model.onnx_path, settings)
+    pipeline = make_pipeline(model, session, settings, Metrics().observer("face_detector"))
+    assert isinstance(pipeline, DetectorPipeline)
+    expected = model.config.preprocess.pyramid if from_config else tuple(sorted(override or [], reverse=True))
+    assert pipeline.pyramid == expected
+    levels = {level_bucket(b, f) for b in pipeline.buckets for f in expected} - set(pipeline.buckets)
+    assert levels <= {shape[2:] for shape in pipeline.warmup_shapes()}
