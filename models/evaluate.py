@@ -310,7 +310,10 @@ class OnnxFaceDetector:
         self.session = ort.InferenceSession(str(loaded.onnx_path), providers=["CPUExecutionProvider"])
         self.preprocess = loaded.config.preprocess
         self.selection = selection or FaceSelection()
-        self.settings = {**asdict(self.selection), "pyramid": list(self.selection.levels_for(self.preprocess))}
+        self.settings = {
+            **asdict(self.selection),
+            "pyramid": list(self.selection.levels_for(self.preprocess)),
+        }
         self.describe = {"onnx": str(loaded.onnx_path), "sha256": loaded.config.onnx_sha256}
         # A graph with a fixed input size can only take the configured buckets (maybe downscaling).
         fixed = self.config.input.height is not None and self.config.input.width is not None

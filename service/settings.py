@@ -17,7 +17,6 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-
 _BUCKET = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 

@@ -41,7 +41,7 @@ class PackagedRetinaFace:
         xywh = np.asarray([[f.x, f.y, f.width, f.height] for f in faces], dtype=np.float32)
         boxes = np.c_[xywh[:, :2], xywh[:, :2] + xywh[:, 2:]]
         scores = np.asarray([f.score for f in faces], dtype=np.float32)
-        landmarks = np.asarray(
-            [[[p.x, p.y] for p in f.landmarks] for f in faces], dtype=np.float32
-        ).reshape(-1, 5, 2)
+        landmarks = np.asarray([[[p.x, p.y] for p in f.landmarks] for f in faces], dtype=np.float32).reshape(
+            -1, 5, 2
+        )
         return ImageDetections(boxes=boxes, scores=scores, landmarks=landmarks)

@@ -44,8 +44,11 @@ STATE_FILE = "last.pt"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m models.retinaface.distill", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m models.retinaface.distill",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--teacher", type=Path, required=True, help="imported face_detector checkpoint")
     p.add_argument("--faces", type=Path, required=True, help="folder of face crops (synth)")
     p.add_argument("--backgrounds", type=Path, required=True, help="folder of face-free photos")
@@ -131,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         torch.save(
-            {"context": student.context.state_dict(), "optimiser": optimiser.state_dict(),
-             "schedule": schedule.state_dict(), "step": step, "elapsed": time.perf_counter() - started},
+            {
+                "context": student.context.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "schedule": schedule.state_dict(),
+                "step": step,
+                "elapsed": time.perf_counter() - started,
+            },
             state_path,
         )
 
@@ -152,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
             value = v.item()
             running[k] = 0.98 * running.get(k, value) + 0.02 * value
         if step % args.log_every == 0 or step == args.steps:
-            record = {"step": step, "seconds": round(time.perf_counter() - started, 1),
-                      "lr": schedule.get_last_lr()[0], **{k: round(v, 5) for k, v in running.items()}}
+            record = {
+                "step": step,
+                "seconds": round(time.perf_counter() - started, 1),
+                "lr": schedule.get_last_lr()[0],
+                **{k: round(v, 5) for k, v in running.items()},
+            }
             with log_path.open("a") as log:
                 log.write(json.dumps(record) + "\n")
             print(" ".join(f"{k}={v}" for k, v in record.items()), file=sys.stderr, flush=True)
@@ -163,16 +175,28 @@ def main(argv: list[str] | None = None) -> int:
     training: dict[str, Any] = {
         **meta.training,
         "distilled": {
-            "teacher": str(args.teacher), "teacher_sha256": file_sha256(args.teacher),
-            "trained": "context.* only", "steps": args.steps, "batch_size": args.batch_size,
-            "size": args.size, "lr": args.lr, "empty_prob": args.empty_prob,
-            "negative_weight": args.negative_weight, "seed": args.seed,
+            "teacher": str(args.teacher),
+            "teacher_sha256": file_sha256(args.teacher),
+            "trained": "context.* only",
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "size": args.size,
+            "lr": args.lr,
+            "empty_prob": args.empty_prob,
+            "negative_weight": args.negative_weight,
+            "seed": args.seed,
             "data": "SyntheticFaces composites of --faces on --backgrounds",
             "final_losses": {k: round(v, 5) for k, v in running.items()},
         },
     }
-    out = Checkpoint(task="face_detector", arch=meta.arch, state_dict=student.state_dict(),
-                     labels=meta.labels, preprocess=meta.preprocess, training=training)
+    out = Checkpoint(
+        task="face_detector",
+        arch=meta.arch,
+        state_dict=student.state_dict(),
+        labels=meta.labels,
+        preprocess=meta.preprocess,
+        training=training,
+    )
     digest = save_checkpoint(args.out / "model.pt", out)
     print(f"wrote {args.out / 'model.pt'} (sha256 {digest})")
     return 0

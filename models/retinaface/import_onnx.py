@@ -173,11 +173,12 @@ def _check_attributes(conv: FoldedConv, module: nn.Conv2d) -> None:
     theirs.setdefault("kernel_shape", list(conv.weight.shape[2:]))
     for name, value in ours.items():
         if theirs.get(name) != value:
-            raise OnnxImportError(f"{conv.node}: {name} {theirs.get(name)} in the graph, {value} in {conv.conv_key}")
-    if tuple(conv.weight.shape) != tuple(module.weight.shape):
-        raise OnnxImportError(
-            f"{conv.node}: weight {conv.weight.shape} in the graph, {tuple(module.weight.shape)} in {conv.conv_key}"
-        )
+            raise OnnxImportError(
+                f"{conv.node}: {name} {theirs.get(name)} in the graph, {value} in {conv.conv_key}"
+            )
+    theirs_shape, ours_shape = tuple(conv.weight.shape), tuple(module.weight.shape)
+    if theirs_shape != ours_shape:
+        raise OnnxImportError(f"{conv.node}: weight {theirs_shape} in the graph, {ours_shape} in ours")
 
 
 def folded_graph_state_dict(graph_bytes: bytes, model: RetinaFace) -> dict[str, torch.Tensor]:
@@ -211,5 +212,7 @@ def folded_graph_state_dict(graph_bytes: bytes, model: RetinaFace) -> dict[str, 
         state[f"{conv.bn_key}.num_batches_tracked"] = torch.zeros((), dtype=torch.long)
     expected = {k for k in model.state_dict() if not k.startswith("context.")}
     if missing := sorted(expected - set(state)):
-        raise OnnxImportError(f"{len(missing)} parameters of our model are not in the graph, e.g. {missing[:4]}")
+        raise OnnxImportError(
+            f"{len(missing)} parameters of our model are not in the graph, e.g. {missing[:4]}"
+        )
     return state

@@ -276,7 +276,9 @@ def deployable(
         labels=["face"],
         # Synthetic composites hold faces up to ~217 px: such a model needs the pyramid's smaller
         # copies for larger faces (service/pyramid.py); real-photo training data covers them.
-        preprocess={**PREPROCESS, "pyramid": list(SYNTH_PYRAMID)} if args.data == "synth" else dict(PREPROCESS),
+        preprocess={**PREPROCESS, "pyramid": list(SYNTH_PYRAMID)}
+        if args.data == "synth"
+        else dict(PREPROCESS),
         training={
             "recipe": recipe(args),
             "seed": args.seed,

