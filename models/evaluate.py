@@ -294,12 +294,19 @@ class TorchFaceDetector:
 
 
 class OnnxFaceDetector:
-    """The exported detector of a model repository folder, via ONNX Runtime on CPU."""
+    """The exported detector of a model repository folder, via ONNX Runtime on CPU.
+
+    By default each image runs at its full resolution (rounded up to the stride). With
+    ``served=True`` it is letterboxed into the repository's size buckets exactly as the
+    service does (``config.json`` ``size_buckets``, else the service's defaults), so the
+    figures are those of ``POST /detect-faces``.
+    """
 
     def __init__(
         self,
         model_dir: str | Path,
         selection: FaceSelection | None = None,
+        served: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -318,6 +325,15 @@ class OnnxFaceDetector:
         # A graph with a fixed input size can only take the configured buckets (maybe downscaling).
         fixed = self.config.input.height is not None and self.config.input.width is not None
         self.fixed_buckets = [(self.config.input.height, self.config.input.width)] if fixed else None
+        if served and not fixed:
+            from service.pipelines import DEFAULT_BUCKETS
+
+            self.served_buckets: list[tuple[int, int]] | None = [
+                (int(h), int(w)) for h, w in (self.config.size_buckets or DEFAULT_BUCKETS)
+            ]
+            self.settings["buckets"] = [f"{h}x{w}" for h, w in self.served_buckets]
+        else:
+            self.served_buckets = None
 
     def __call__(self, rgb: np.ndarray) -> ImageDetections:
         image = Image.fromarray(rgb)
@@ -325,6 +341,8 @@ class OnnxFaceDetector:
         if self.fixed_buckets is not None:
             bucket = choose_bucket(image.width, image.height, self.fixed_buckets)  # type: ignore[arg-type]
             pyramid = ()  # a fixed-size graph takes no smaller copies
+        elif self.served_buckets is not None:
+            bucket = choose_bucket(image.width, image.height, self.served_buckets)
         else:
             bucket = full_image_bucket(image.width, image.height)
         names = [o.name for o in self.session.get_outputs()]
@@ -508,6 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"{' '.join(map(str, DEFAULT_PYRAMID_LEVELS))} (default: the model's own preprocess.pyramid; "
         "'--pyramid' alone: one pass)",
     )
+    det.add_argument(
+        "--served",
+        action="store_true",
+        help="with --onnx: letterbox into the repository's size buckets as the service does "
+        "(default: each image at full resolution)",
+    )
     det.add_argument("--baselines", nargs="*", default=[], help="also run these baselines (same plot/JSON)")
 
     base = sub.add_parser("baseline", help="AP/NME of OpenCV Haar, res10 SSD or MTCNN")
@@ -539,7 +563,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.checkpoint:
             detectors[DETECTOR_NAME] = partial(TorchFaceDetector, args.checkpoint, selection)
         else:
-            detectors[f"{DETECTOR_NAME} (onnx)"] = partial(OnnxFaceDetector, args.onnx, selection)
+            name = f"{DETECTOR_NAME} (onnx{', served buckets' if args.served else ''})"
+            detectors[name] = partial(OnnxFaceDetector, args.onnx, selection, args.served)
         names = args.baselines
     else:
         names = args.name

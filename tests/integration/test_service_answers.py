@@ -7,12 +7,16 @@ say whether the service, end to end, gives the answers a user expects.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import CIFAR10_LABELS, SAMPLES, ServerHandle, repository_is_random
+
+CMUMIT = Path(__file__).resolve().parents[1] / "data" / "cmumit-val"
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +60,69 @@ def test_detector_finds_no_face_in_the_coffee_photo(client: httpx.Client) -> Non
     response = client.post("/detect-faces", files={"file": ("c.jpg", (SAMPLES / "coffee.jpg").read_bytes())})
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["faces"] == []
+
+
+def _group_photo_labels() -> list[list[float]]:
+    """The 8 hand-labelled faces of samples/faces_group.jpg (= cmumit-val's newsradio.jpg)."""
+    labels = json.loads((CMUMIT / "labels.json").read_text())
+    entry = next(e for e in labels["images"] if e["file"].endswith("newsradio.jpg"))
+    return [face["box"] for face in entry["faces"]]
+
+
+def test_detector_finds_every_face_of_the_group_photo_and_nothing_else(
+    start_server, client: httpx.Client
+) -> None:  # type: ignore[no-untyped-def]
+    # The export's default buckets (the test repository has only 320x320 and 480x640, where this
+    # 500 px photo would be scaled down to 480 px).
+    from export.pipeline import DEFAULT_BUCKETS
+
+    buckets = ",".join(f"{h}x{w}" for h, w in DEFAULT_BUCKETS)
+    with start_server({"POLYNL_DETECTION_BUCKETS": buckets}).client() as default_buckets:
+        response = default_buckets.post(
+            "/detect-faces", files={"file": ("g.jpg", (SAMPLES / "faces_group.jpg").read_bytes())}
+        )
+    assert response.status_code == 200, response.text
+    found = [face["box"] for face in response.json()["results"][0]["faces"]]  # default threshold 0.5
+    labelled = _group_photo_labels()
+    assert len(labelled) == 8
+
+    def inside(point: tuple[float, float], box: list[float]) -> bool:
+        return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
+
+    # Convention-free matching (the labels are tight eye-to-mouth boxes, ours WIDER FACE boxes):
+    # every labelled face's centre lies in exactly one detection, and every detection holds one.
+    centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in labelled]
+    assert all(sum(inside(c, box) for box in found) == 1 for c in centres), [[round(v) for v in b] for b in found]
+    assert all(sum(inside(c, box) for c in centres) == 1 for box in found), found
+
+
+@pytest.mark.parametrize("pyramid", ["", "0.5,0.25"])
+def test_served_detections_equal_the_evaluation_of_the_same_files(
+    start_server, model_repository: Path, pyramid: str
+) -> None:  # type: ignore[no-untyped-def]
+    """POST /detect-faces and ``models.evaluate``'s ONNX detector in served mode agree."""
+    if repository_is_random(model_repository):
+        pytest.skip("random-init weights: answers are not meaningful")
+    from models.evaluate import FaceSelection, OnnxFaceDetector, load_rgb
+
+    levels = tuple(float(f) for f in pyramid.split(",") if f)
+    evaluation = OnnxFaceDetector(
+        model_repository / "face_detector", FaceSelection(score_threshold=0.3, pyramid=levels), served=True
+    )
+    files = [SAMPLES / "faces_group.jpg", SAMPLES / "face_astronaut.jpg", CMUMIT / "images" / "window.jpg"]
+    server: ServerHandle = start_server({"POLYNL_DETECTOR_PYRAMID": pyramid})
+    with server.client() as served:
+        for path in files:
+            response = served.post(
+                "/detect-faces",
+                params={"score_threshold": 0.3, "max_faces": 750},
+                files={"file": (path.name, path.read_bytes())},
+            )
+            assert response.status_code == 200, response.text
+            faces = response.json()["results"][0]["faces"]
+            expected = evaluation(np.asarray(load_rgb(path)))
+            assert len(faces) == len(expected.scores), path.name
+            boxes = np.asarray([face["box"] for face in faces], dtype=np.float64).reshape(-1, 4)
+            scores = np.asarray([face["score"] for face in faces])
+            assert np.abs(boxes - expected.boxes).max(initial=0.0) < 1e-2, path.name  # JSON rounds boxes
+            assert np.abs(scores - expected.scores).max(initial=0.0) < 1e-3, path.name
