@@ -92,8 +92,9 @@ def test_detector_finds_every_face_of_the_group_photo_and_nothing_else(
     # Convention-free matching (the labels are tight eye-to-mouth boxes, ours WIDER FACE boxes):
     # every labelled face's centre lies in exactly one detection, and every detection holds one.
     centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in labelled]
-    assert all(sum(inside(c, box) for box in found) == 1 for c in centres), [[round(v) for v in b] for b in found]
-    assert all(sum(inside(c, box) for c in centres) == 1 for box in found), found
+    rounded = [[round(v) for v in box] for box in found]
+    assert all(sum(inside(c, box) for box in found) == 1 for c in centres), rounded
+    assert all(sum(inside(c, box) for c in centres) == 1 for box in found), rounded
 
 
 @pytest.mark.parametrize("pyramid", ["", "0.5,0.25"])
