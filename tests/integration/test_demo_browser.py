@@ -56,7 +56,12 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def server(start_server) -> ServerHandle:  # type: ignore[no-untyped-def]
-    return start_server({"POLYNL_API_KEY": API_KEY})
+    # The export's default size buckets (the test repository's are smaller), so that the page
+    # and its screenshot show what a user of the shipped repository sees.
+    from export.pipeline import DEFAULT_BUCKETS
+
+    buckets = ",".join(f"{h}x{w}" for h, w in DEFAULT_BUCKETS)
+    return start_server({"POLYNL_API_KEY": API_KEY, "POLYNL_DETECTION_BUCKETS": buckets})
 
 
 @pytest.fixture(scope="module")
