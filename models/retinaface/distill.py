@@ -55,7 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/detector-distill"))
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=3000, help="length of the schedule")
+    p.add_argument(
+        "--max-steps", type=int, help="stop (resumably) after this step; the schedule keeps --steps"
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--empty-prob", type=float, default=0.5, help="share of face-free images")
     p.add_argument("--negative-weight", type=float, default=1.0)
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             state_path,
         )
 
-    while step < args.steps:
+    stop = min(args.steps, args.max_steps or args.steps)
+    while step < stop:
         samples = [data[step * args.batch_size + i] for i in range(args.batch_size)]
         images, boxes, _ = to_training_batch(samples)
         has_faces = torch.tensor([len(b) > 0 for b in boxes])
@@ -172,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.save_every == 0:
             save()
     save()
+    if step < args.steps:
+        print(f"stopped at step {step} of {args.steps}; run the same command to resume", file=sys.stderr)
+        return 0
     training: dict[str, Any] = {
         **meta.training,
         "distilled": {

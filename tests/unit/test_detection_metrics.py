@@ -202,3 +202,22 @@ def test_box_list_reads_landmarks_and_face_free_images(tmp_path: Path) -> None:
     gts = load_box_list(path)
     assert gts[0].landmarks is not None and gts[0].landmarks.shape == (1, 5, 2)
     assert gts[1].boxes.shape == (0, 4)
+
+
+def test_ignored_faces_neither_count_nor_penalise(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.json"
+    entry = {
+        "file": "a.jpg",
+        "faces": [{"box": [0, 0, 10, 10], "landmarks": None}],
+        "ignore": [[50, 50, 60, 60]],
+    }
+    labels.write_text(json.dumps({"images": [entry]}))
+    [gt] = load_box_list(labels)
+    assert gt.kept.tolist() == [True, False]
+    found = ImageDetections(
+        boxes=np.array([[0, 0, 10, 10], [50, 50, 60, 60]], np.float32),
+        scores=np.array([0.9, 0.8], np.float32),
+    )
+    report = evaluate_detections([found], [gt], ious=[0.5])
+    assert report.ap[0.5] == pytest.approx(1.0)  # the ignored face's detection is no false positive
+    assert report.faces == 1

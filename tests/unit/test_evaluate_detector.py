@@ -153,3 +153,21 @@ def test_onnx_export_scores_the_same_as_its_checkpoint(
     exported = onnx_run["detectors"]["polynl-retinaface (onnx)"]
     assert exported["detections"] == ours["detections"]
     assert exported["ap"] == pytest.approx(ours["ap"], abs=1e-3)
+
+
+def test_tight_from_landmarks_redraws_boxes_by_the_labels_rule() -> None:
+    import numpy as np
+
+    from models.detection_metrics import ImageDetections
+    from models.evaluate import tight_boxes_from_landmarks
+    from models.retinaface.synth import box_from_landmarks
+
+    points = np.array([[[40, 50], [60, 50], [50, 60], [42, 70], [58, 70]]], np.float32)
+    wide = ImageDetections(
+        boxes=np.array([[20, 10, 80, 95]], np.float32), scores=np.array([0.9], np.float32), landmarks=points
+    )
+    mapped = tight_boxes_from_landmarks(lambda rgb: wide)(np.zeros((4, 4, 3), np.uint8))
+    assert np.allclose(mapped.boxes, box_from_landmarks(points))
+    assert mapped.scores.tolist() == wide.scores.tolist()
+    no_landmarks = ImageDetections(boxes=wide.boxes, scores=wide.scores)
+    assert tight_boxes_from_landmarks(lambda rgb: no_landmarks)(np.zeros((4, 4, 3), np.uint8)) is no_landmarks

@@ -67,6 +67,8 @@ def test_detector_training_resumes_and_writes_a_face_detector_checkpoint(tmp_pat
     model, meta = load_model(final)
     assert meta.task == "face_detector" and meta.labels == ["face"]
     assert meta.preprocess["resize"] == "letterbox" and meta.arch["block"] == "polynl"
+    # composites hold only faces up to ~0.85 x the size: the model asks to be served with the pyramid
+    assert meta.preprocess["pyramid"] == [0.5, 0.25]
     assert meta.training["steps"] == 3 and meta.training["seed"] == 0
     with torch.no_grad():
         loc, conf, landm = model(torch.zeros(1, 3, 64, 64))
