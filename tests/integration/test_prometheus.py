@@ -160,7 +160,9 @@ def _post(server: ServerHandle, path: str, data: bytes) -> int:
 
 
 @pytest.mark.slow
-def test_prometheus_records_our_rules_and_fires_the_overload_alert(prometheus: tuple[str, ServerHandle]) -> None:
+def test_prometheus_records_our_rules_and_fires_the_overload_alert(
+    prometheus: tuple[str, ServerHandle],
+) -> None:
     url, server = prometheus
     photo = (SAMPLES / "cifar_ship.png").read_bytes()
     for _ in range(6):  # ordinary traffic first
@@ -176,11 +178,11 @@ def test_prometheus_records_our_rules_and_fires_the_overload_alert(prometheus: t
             statuses += list(pool.map(lambda _: _post(server, "/detect-faces", image), range(24)))
     assert 503 in statuses and 200 in statuses, sorted(set(statuses))
 
-    assert _eventually(
-        lambda: _query(url, 'job_model_reason:polynl_dropped:rate5m{model="face_detector",reason="overloaded"} > 0')
-    )
+    shed = 'job_model_reason:polynl_dropped:rate5m{model="face_detector",reason="overloaded"} > 0'
+    assert _eventually(lambda: _query(url, shed))
     assert _eventually(lambda: _query(url, "max_over_time(instance_model:polynl_queue_fill:ratio[5m]) > 0.8"))
-    assert _eventually(lambda: _query(url, 'job_endpoint:polynl_request_errors:ratio_rate5m{endpoint="/detect-faces"} > 0'))
+    errors = 'job_endpoint:polynl_request_errors:ratio_rate5m{endpoint="/detect-faces"} > 0'
+    assert _eventually(lambda: _query(url, errors))
     assert _query(url, 'job_endpoint:polynl_request_duration_seconds:p99_5m{endpoint="/classify"} > 0')
     assert _query(url, 'job_model:polynl_batch_size:mean_5m{model="face_detector"} >= 1')
 
