@@ -30,14 +30,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from export.pipeline import (
-    DEFAULT_BUCKETS,
     DEFAULT_CHECKPOINTS,
     ExportFailed,
     ExportOptions,
     export_model,
 )
 from models.checkpoint import CheckpointError
-from service.repository import RepositoryError, load_repository
+from polynl_core.buckets import DEFAULT_BUCKETS, format_buckets, parse_buckets
+from polynl_core.repository import RepositoryError, load_repository
 
 MODEL_NAMES = ("classifier", "face_detector")
 # Set in the child process that does the work (see run_with_retries).
@@ -46,18 +46,11 @@ ATTEMPTS = 3
 RETRIED_SIGNALS = (signal.SIGSEGV, signal.SIGBUS)
 
 
-def _bucket(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bucket {text!r} is not HEIGHTxWIDTH, e.g. 480x640") from None
-    if height < 32 or width < 32:
-        raise argparse.ArgumentTypeError(f"bucket {text!r} is smaller than 32x32")
-    return height, width
-
-
 def _buckets(text: str) -> list[tuple[int, int]]:
-    return [_bucket(part) for part in text.split(",") if part.strip()]
+    try:
+        return parse_buckets(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -79,7 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=_buckets,
         default=list(DEFAULT_BUCKETS),
         help="detector size buckets HxW,HxW,... written to config.json and checked for parity "
-        f"(default {','.join(f'{h}x{w}' for h, w in DEFAULT_BUCKETS)})",
+        f"(default {format_buckets(DEFAULT_BUCKETS)})",
     )
     parser.add_argument("--max-batch-size", type=int, default=32, help="Triton config.pbtxt max_batch_size")
     parser.add_argument(
@@ -150,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: the written repository does not load: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     summary = ", ".join(f"{n} v{m.config.version}" for n, m in loaded.items())
-    print(f"repository {args.out} loads with service.repository: {summary}")
+    print(f"repository {args.out} loads with polynl_core.repository: {summary}")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
 

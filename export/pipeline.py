@@ -36,7 +36,10 @@ from export.repository import (
 )
 from models.blocks import PolyNL
 from models.checkpoint import Checkpoint, CheckpointError, load_model
-from service.repository import InputSpec, Preprocess, PriorSpec
+from polynl_core.buckets import DEFAULT_BUCKETS
+from polynl_core.images import read_rgb
+from polynl_core.repository import InputSpec, Preprocess, PriorSpec
+from polynl_core.tasks import DETECTOR_OUTPUTS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINTS = {
@@ -48,8 +51,6 @@ DEFAULT_PARITY_FOLDERS = (
     PROJECT_ROOT / "tests" / "data" / "parity",
     PROJECT_ROOT / "tests" / "data" / "cmumit-val" / "images",
 )
-# (height, width). Square buckets for typical photos, plus landscape and portrait 4:3.
-DEFAULT_BUCKETS: tuple[tuple[int, int], ...] = ((320, 320), (480, 640), (640, 480), (640, 640))
 CLASSIFIER_BATCH_SIZES = (1, 3, 8)
 DETECTOR_BATCH_SIZES = (1, 3)
 # The graph check's input: large enough that N = H*W at every block dwarfs its channels.
@@ -101,7 +102,7 @@ def _load(name: str, path: Path) -> tuple[nn.Module, Checkpoint, Preprocess]:
     if checkpoint.task != name:
         raise CheckpointError(f"{path} is a {checkpoint.task} checkpoint, not a {name} one")
     try:
-        preprocess = Preprocess.model_validate(checkpoint.preprocess)
+        preprocess = Preprocess.from_checkpoint(checkpoint.preprocess)
     except ValidationError as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid preprocess section: {exc}") from exc
     return model, checkpoint, preprocess
@@ -134,7 +135,7 @@ def _detector_plan(
     version: int,
     buckets: Sequence[tuple[int, int]],
 ) -> _Plan:
-    from models.retinaface.inference import OUTPUT_NAMES, DecodedRetinaFace
+    from models.retinaface.inference import DecodedRetinaFace
 
     if preprocess.resize != "letterbox":
         raise CheckpointError(f"detector checkpoint {checkpoint.path} needs preprocess resize 'letterbox'")
@@ -144,7 +145,7 @@ def _detector_plan(
         version=version,
         opset=OPSET,
         input=InputSpec(height=None, width=None),
-        outputs=list(OUTPUT_NAMES),
+        outputs=list(DETECTOR_OUTPUTS),
         output_dims={"boxes": [-1, 4], "scores": [-1], "landmarks": [-1, 10]},
         block=str(checkpoint.arch.get("block", "none")),
     )
@@ -162,7 +163,7 @@ def _parity_images(options: ExportOptions, log: Log) -> list[Image.Image]:
     paths = parity.find_images([Path(f) for f in folders], options.images_per_folder)
     if paths:
         log(f"  parity images: {len(paths)} from {', '.join(sorted({p.parent.name for p in paths}))}")
-        return parity.load_rgb(paths)
+        return [read_rgb(path) for path in paths]
     # A pip-installed copy has no test images; synthetic gradients still exercise every op.
     log("  WARNING: no real parity images found; using synthetic gradient images")
     yy, xx = np.mgrid[0:97, 0:131]

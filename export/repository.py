@@ -3,7 +3,7 @@
 Data path: ``model.onnx`` that passed :mod:`export.graph_check` and :mod:`export.parity` ->
 **this module** -> ``<out>/<model>/<version>/{model.onnx, config.json}`` and
 ``<out>/<model>/config.pbtxt``. ``config.json`` is written with
-``service.repository.write_model_config`` (the one format and loader, shared with the
+``polynl_core.repository.write_model_config`` (the one format and loader, shared with the
 service); this module only fills in the values.
 
 ``config.pbtxt`` sits at the model level, where Triton Inference Server looks for it (one
@@ -26,7 +26,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from service.repository import (
+from polynl_core.repository import (
+    ONNX_FILE,
     InputSpec,
     ModelConfig,
     Preprocess,
@@ -34,10 +35,9 @@ from service.repository import (
     sha256_of,
     write_model_config,
 )
+from polynl_core.tasks import parse_task
 
-ONNX_FILE = "model.onnx"
 TRITON_CONFIG = "config.pbtxt"
-TASKS = {"classifier": "classification", "face_detector": "face_detection"}
 
 
 def exporter_version() -> str:
@@ -101,7 +101,7 @@ def build_config(
     return ModelConfig(
         name=facts.name,
         version=facts.version,
-        task=TASKS[task],  # type: ignore[arg-type]
+        task=parse_task(task),
         onnx_file=ONNX_FILE,
         onnx_sha256=sha256_of(version_dir / ONNX_FILE),
         opset=facts.opset,

@@ -1,7 +1,7 @@
 """The ASGI app (``uvicorn service.app:app``): wires the data path together.
 
 Start-up (lifespan): read the settings, load the model repository with the one loader
-(``service.repository.load_repository``, checksums verified), open an ONNX Runtime
+(``polynl_core.repository.load_repository``, checksums verified), open an ONNX Runtime
 session per model, run a warm-up inference per input shape (each detection size bucket),
 start one batcher per model, then report ready. A broken repository stops start-up with
 a clear message instead of serving garbage.
@@ -21,13 +21,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from polynl_core.images import allow_pixels
+from polynl_core.repository import LoadedModel, RepositoryError, load_repository
 from service.errors import install_error_handlers
-from service.images import allow_pixels
 from service.metrics import Metrics
 from service.middleware import EdgeMiddleware, RequestIdLogFilter
 from service.openapi import install_openapi
 from service.pipelines import DetectorPipeline, ModelPipeline, make_pipeline
-from service.repository import LoadedModel, RepositoryError, load_repository
 from service.routes import classify, demo, detect, health, models
 from service.runtime import ModelSession, create_session
 from service.settings import Settings, get_settings
@@ -51,16 +51,12 @@ def configure_logging(level: str) -> None:
         service_logger.propagate = False
 
 
-# The outputs the pipelines read, per task (see service.pipelines).
-_TASK_OUTPUTS = {"face_detection": {"boxes", "scores", "landmarks"}}
-
-
 def check_contract(model: LoadedModel, session: ModelSession) -> None:
     """The ONNX graph must have the input and outputs its config.json promises: a file from
     another model (checksum updated by hand) would load, warm up, and answer garbage."""
     config = model.config
     outputs = set(session.output_names)
-    expected = set(config.outputs) | _TASK_OUTPUTS.get(config.task, set())
+    expected = set(config.outputs) | set(config.task.outputs)
     if session.input_name != config.input.name or not expected <= outputs:
         raise RepositoryError(
             f"model {config.name}: {model.onnx_path} has input {session.input_name!r} and outputs "

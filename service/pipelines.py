@@ -21,19 +21,18 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from polynl_core.buckets import DEFAULT_BUCKETS, choose_bucket
+from polynl_core.images import load_image, open_image
+from polynl_core.postprocess import faces_to_original, select_faces, softmax, top_k
+from polynl_core.preprocess import classifier_input
+from polynl_core.pyramid import LevelOutput, level_bucket, merge_levels, pyramid_inputs
+from polynl_core.repository import LoadedModel, ModelConfig
 from service.batching import Batcher, BatchObserver, BatchResult, PredictFn
-from service.images import load_image, open_image
-from service.postprocess import faces_to_original, select_faces, softmax, top_k
-from service.preprocess import choose_bucket, classifier_input
-from service.pyramid import LevelOutput, level_bucket, merge_levels, pyramid_inputs
-from service.repository import LoadedModel, ModelConfig
 from service.runtime import ModelSession
 from service.schemas import Classification, Detection, Face, LabelScore, Landmarks
 from service.settings import Settings
 
 logger = logging.getLogger("service.pipelines")
-
-DEFAULT_BUCKETS: list[tuple[int, int]] = [(480, 640), (640, 640)]
 
 # Upload bytes allowed per pixel for an inline decode (see ModelPipeline._decode_inline):
 # RGBA uncompressed is 4; more means extra frames, pages or metadata.
@@ -58,7 +57,7 @@ class Prepared:
     height: int
     scale: float  # letterbox scale (detector); 1.0 for the classifier
     decode_ms: float
-    # Detector pyramid levels (service/pyramid.py): (array, scale) of each smaller copy.
+    # Detector pyramid levels (polynl_core/pyramid.py): (array, scale) of each smaller copy.
     levels: tuple[tuple[np.ndarray, float], ...] = ()
 
 

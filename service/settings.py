@@ -9,7 +9,6 @@ Defaults work on a laptop; the README lists every variable.
 from __future__ import annotations
 
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_BUCKET = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+from polynl_core.buckets import parse_buckets
 
 
 def _split_commas(value: object) -> object:
@@ -103,7 +102,7 @@ class Settings(BaseSettings):
     detector_pyramid: Annotated[list[float] | None, NoDecode] = Field(
         default=None,
         description="Extra detector passes on smaller copies of each image, as scale factors, "
-        "e.g. '0.5,0.25': faces too large for one pass are found on them (service/pyramid.py). "
+        "e.g. '0.5,0.25': faces too large for one pass are found on them (polynl_core/pyramid.py). "
         "Empty ('') = one pass per image. Default: the model's config.json (preprocess.pyramid; "
         "the shipped WIDER FACE detector uses one pass).",
     )
@@ -153,13 +152,7 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         if isinstance(value, str) and not value.strip().startswith("["):
-            buckets = []
-            for part in value.split(","):
-                match = _BUCKET.match(part)
-                if match is None:
-                    raise ValueError(f"bucket {part!r} is not HxW, e.g. 640x640")
-                buckets.append((int(match.group(1)), int(match.group(2))))
-            return buckets
+            return parse_buckets(value)
         return _split_commas(value)
 
     @field_validator("detection_buckets")

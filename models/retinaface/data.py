@@ -266,7 +266,7 @@ class Augmented:
 
 
 def normalise(image: np.ndarray) -> torch.Tensor:
-    """HWC uint8 RGB -> CHW float ``(rgb / 255 - mean) / std`` (as service.preprocess.normalize)."""
+    """HWC uint8 RGB -> CHW float ``(rgb / 255 - mean) / std`` (as polynl_core.preprocess.normalize)."""
     mean = torch.tensor(MEAN_RGB).view(3, 1, 1)
     std = torch.tensor(STD_RGB).view(3, 1, 1)
     tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0

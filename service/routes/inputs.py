@@ -25,7 +25,7 @@ from service.errors import (
     MissingImage,
     TooManyImages,
     UnexpectedField,
-    UnsupportedImage,
+    UnsupportedMediaType,
     request_id_of,
 )
 from service.pipelines import ImageOutcome, ModelPipeline, Upload
@@ -133,9 +133,9 @@ async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
         if not body:
             raise EmptyBody("the request has no body; send an image")
         if not media_type:
-            raise UnsupportedImage("send a Content-Type: multipart/form-data or image/*")
+            raise UnsupportedMediaType("send a Content-Type: multipart/form-data or image/*")
         return [Upload(body, None, media_type)]
-    raise UnsupportedImage(
+    raise UnsupportedMediaType(
         f"content type {media_type[:64]!r} is not accepted; send multipart/form-data or an image/* body"
     )
 

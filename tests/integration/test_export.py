@@ -17,14 +17,14 @@ from PIL import Image
 
 from export import __main__ as cli
 from export.pipeline import DEFAULT_CHECKPOINTS, PROJECT_ROOT
-from models.checkpoint import Checkpoint, file_sha256, load_model, save_checkpoint
+from models.checkpoint import Checkpoint, load_model, save_checkpoint
 from models.resnet import cifar_resnet
 from models.retinaface.inference import DecodedRetinaFace
 from models.retinaface.net import RetinaFace, RetinaFaceConfig
 from models.retinaface.priors import num_priors
-from service.postprocess import select_faces
-from service.preprocess import classifier_input, letterbox
-from service.repository import Preprocess, load_repository
+from polynl_core.postprocess import select_faces
+from polynl_core.preprocess import classifier_input, letterbox
+from polynl_core.repository import Preprocess, load_repository, sha256_of
 
 CIFAR_PREPROCESS = {
     "resize": "shorter_side_center_crop",
@@ -110,7 +110,7 @@ def test_export_of_user_checkpoints_writes_a_repository_the_service_loader_reads
     assert classifier.preprocess == Preprocess.model_validate(CIFAR_PREPROCESS)
     assert classifier.opset == 17
     assert classifier.block == "polynl"
-    assert classifier.source_checkpoint_sha256 == file_sha256(checkpoints["classifier"])
+    assert classifier.source_checkpoint_sha256 == sha256_of(checkpoints["classifier"])
     assert f"torch {torch.__version__}" in classifier.exporter_version
     detector = models["face_detector"].config
     assert detector.task == "face_detection"
@@ -118,7 +118,7 @@ def test_export_of_user_checkpoints_writes_a_repository_the_service_loader_reads
     assert detector.preprocess.resize == "letterbox"
     assert detector.size_buckets == [(320, 320), (480, 640), (250, 333)]
     assert detector.priors is not None and detector.priors.steps == [8, 16, 32]
-    assert detector.source_checkpoint_sha256 == file_sha256(checkpoints["face_detector"])
+    assert detector.source_checkpoint_sha256 == sha256_of(checkpoints["face_detector"])
     assert not list(out.glob("*/.staging-*"))
 
 
@@ -285,7 +285,7 @@ def test_shipped_classifier_weights_export_and_pass_every_check(tmp_path, capsys
         pytest.skip(f"{shipped} is not there yet")
     assert cli.main(["--only", "classifier", "--out", str(tmp_path / "repo")]) == 0, capsys.readouterr().err
     config = load_repository(tmp_path / "repo")["classifier"].config
-    assert config.source_checkpoint_sha256 == file_sha256(shipped)
+    assert config.source_checkpoint_sha256 == sha256_of(shipped)
 
 
 @pytest.mark.slow

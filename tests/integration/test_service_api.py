@@ -20,11 +20,12 @@ import pytest
 from conftest import SAMPLES, ServerHandle, repository_is_random
 from PIL import Image
 
-from service.images import decode_image
-from service.postprocess import box_iou, faces_to_original, select_faces, softmax
-from service.preprocess import choose_bucket, classifier_input
-from service.pyramid import DEFAULT_LEVELS, detect_levels, pyramid_inputs
-from service.repository import load_repository
+from polynl_core.buckets import choose_bucket
+from polynl_core.images import decode_image
+from polynl_core.postprocess import box_iou, faces_to_original, select_faces, softmax
+from polynl_core.preprocess import classifier_input
+from polynl_core.pyramid import DEFAULT_LEVELS, detect_levels, pyramid_inputs
+from polynl_core.repository import load_repository
 
 CAT = SAMPLES / "cat.jpg"
 FACE = SAMPLES / "face_astronaut.jpg"

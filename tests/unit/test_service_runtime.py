@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from polynl_core.pyramid import level_bucket
+from polynl_core.repository import load_repository
 from service.metrics import Metrics
 from service.pipelines import DetectorPipeline, make_pipeline
-from service.pyramid import level_bucket
-from service.repository import load_repository
 from service.runtime import create_session, requested_providers
 from service.settings import Settings
 
