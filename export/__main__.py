@@ -29,6 +29,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import onnx
+
+from export.graph_check import GraphCheckError
 from export.pipeline import (
     DEFAULT_CHECKPOINTS,
     ExportFailed,
@@ -37,7 +40,7 @@ from export.pipeline import (
 )
 from models.checkpoint import CheckpointError
 from polynl_core.buckets import DEFAULT_BUCKETS, format_buckets, parse_buckets
-from polynl_core.repository import RepositoryError, load_repository
+from polynl_core.repository import RepositoryError, VersionPolicy, check_pyramid, load_repository
 
 MODEL_NAMES = ("classifier", "face_detector")
 # Set in the child process that does the work (see run_with_retries).
@@ -49,6 +52,27 @@ RETRIED_SIGNALS = (signal.SIGSEGV, signal.SIGBUS)
 def _buckets(text: str) -> list[tuple[int, int]]:
     try:
         return parse_buckets(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _pyramid(text: str) -> tuple[float, ...]:
+    try:
+        return check_pyramid([float(part) for part in text.split(",") if part.strip()])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _version_policy(text: str) -> VersionPolicy:
+    try:
+        return VersionPolicy.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -74,7 +98,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="detector size buckets HxW,HxW,... written to config.json and checked for parity "
         f"(default {format_buckets(DEFAULT_BUCKETS)})",
     )
-    parser.add_argument("--max-batch-size", type=int, default=32, help="Triton config.pbtxt max_batch_size")
+    serving = parser.add_argument_group(
+        "serving settings",
+        "written to config.json (batching, version_policy, preprocess.pyramid) and config.pbtxt; "
+        "unset: each model's defaults (classifier: batch 32, 2 ms; face_detector: batch 4, 5 ms; "
+        "queue 128; newest version only; the checkpoint's pyramid). They apply to every model "
+        "exported in this run (use --only to set one model's).",
+    )
+    serving.add_argument("--max-batch-size", type=_positive_int, default=None, help="largest batch")
+    serving.add_argument("--max-wait-ms", type=float, default=None, help="longest wait for a batch to fill")
+    serving.add_argument("--queue-size", type=_positive_int, default=None, help="queued inputs before 503")
+    serving.add_argument(
+        "--pyramid",
+        type=_pyramid,
+        default=None,
+        help="detector pyramid levels, e.g. 0.5,0.25 ('' = one pass); default: the checkpoint's",
+    )
+    serving.add_argument(
+        "--version-policy",
+        type=_version_policy,
+        default=None,
+        help="versions the service (and Triton) serve: latest[:N] | all | 1,3 (default latest:1)",
+    )
     parser.add_argument(
         "--parity-images",
         type=Path,
@@ -125,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         version=args.version,
         buckets=args.buckets,
         max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        pyramid=args.pyramid,
+        version_policy=args.version_policy,
         parity_folders=args.parity_images,
     )
     started = time.perf_counter()
@@ -134,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CheckpointError as exc:
             print(f"error: {_one_line(str(exc))}", file=sys.stderr)
             return 2
-        except ExportFailed as exc:
+        except (ExportFailed, GraphCheckError, onnx.checker.ValidationError) as exc:
+            # Every failed check, including the graph checker's own errors: one line, no traceback.
             print(f"error: {name}: {_one_line(str(exc))}", file=sys.stderr)
             return 1
     try:

@@ -216,8 +216,13 @@ def test_triton_config_pbtxt_parses_as_a_triton_model_config(exported):
         config = text_format.Parse((out / name / "config.pbtxt").read_text(), pb2.ModelConfig())
         assert config.name == name
         assert config.backend == "onnxruntime"
-        assert config.max_batch_size == 32
-        assert config.HasField("dynamic_batching")
+        # The same per-model values as config.json's batching section, which the service reads.
+        batching = load_repository(out)[name].config.batching
+        assert batching is not None
+        assert config.max_batch_size == batching.max_batch_size
+        assert config.dynamic_batching.max_queue_delay_microseconds == round(batching.max_wait_ms * 1000)
+        assert config.dynamic_batching.default_queue_policy.max_queue_size == batching.queue_size
+        assert config.version_policy.latest.num_versions == 1
         assert [(i.name, list(i.dims), i.data_type) for i in config.input] == [
             ("images", input_dims, pb2.TYPE_FP32)
         ]
