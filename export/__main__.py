@@ -41,8 +41,9 @@ from export.pipeline import (
 from models.checkpoint import CheckpointError
 from polynl_core.buckets import DEFAULT_BUCKETS, format_buckets, parse_buckets
 from polynl_core.repository import RepositoryError, VersionPolicy, check_pyramid, load_repository
+from polynl_core.tasks import Task, UnknownTask, parse_task
 
-MODEL_NAMES = ("classifier", "face_detector")
+MODEL_NAMES = tuple(task.model_name for task in Task)
 # Set in the child process that does the work (see run_with_retries).
 WORKER_ENV = "POLYNL_EXPORT_WORKER"
 ATTEMPTS = 3
@@ -53,6 +54,13 @@ def _buckets(text: str) -> list[tuple[int, int]]:
     try:
         return parse_buckets(text)
     except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _model_name(text: str) -> str:
+    try:
+        return parse_task(text).model_name
+    except UnknownTask as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -84,7 +92,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--all", action="store_true", help="export the classifier and the face detector")
-    which.add_argument("--only", choices=MODEL_NAMES, help="export one model")
+    which.add_argument(
+        "--only",
+        type=_model_name,
+        help=f"export one model: {' | '.join(MODEL_NAMES)} (a task name such as 'detector' works too)",
+    )
     parser.add_argument("--out", type=Path, default=Path("model_repository"), help="repository folder")
     parser.add_argument("--classifier-checkpoint", type=Path, default=None, help="default: shipped weights")
     parser.add_argument("--detector-checkpoint", type=Path, default=None, help="default: shipped weights")

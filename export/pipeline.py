@@ -31,7 +31,6 @@ from export.repository import (
     build_config,
     publish,
     staging_dir,
-    write_config,
     write_triton_config,
 )
 from models.blocks import PolyNL
@@ -46,6 +45,7 @@ from polynl_core.repository import (
     PriorSpec,
     VersionPolicy,
     check_pyramid,
+    write_model_config,
 )
 from polynl_core.tasks import DETECTOR_OUTPUTS, Task, parse_task
 
@@ -294,7 +294,7 @@ def _export_model(name: str, checkpoint_path: Path, options: ExportOptions, log:
             batching,
             options.version_policy,
         )
-        write_config(staged, config)
+        write_model_config(staged, config)
         result.version_dir = publish(staged, options.out, name, options.version)
         write_triton_config(options.out, plan.facts, batching, policy)
     finally:

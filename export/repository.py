@@ -37,7 +37,6 @@ from polynl_core.repository import (
     PriorSpec,
     VersionPolicy,
     sha256_of,
-    write_model_config,
 )
 from polynl_core.tasks import parse_task
 
@@ -124,10 +123,6 @@ def build_config(
         source_checkpoint_sha256=checkpoint_sha256,
         exporter_version=exporter_version(),
     )
-
-
-def write_config(version_dir: Path, config: ModelConfig) -> Path:
-    return write_model_config(version_dir, config)
 
 
 def _dims(values: Sequence[int | None]) -> str:

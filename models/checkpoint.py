@@ -62,11 +62,11 @@ class Checkpoint:
 
 def build_model(task: str, arch: dict[str, Any]) -> nn.Module:
     """Rebuild an (untrained) model of ``task`` from its stored config."""
-    if task == "classifier":
+    if task == Task.CLASSIFICATION.model_name:
         from models.resnet import ResNet, ResNetConfig
 
         return ResNet(ResNetConfig.from_dict(arch))
-    if task == "face_detector":
+    if task == Task.FACE_DETECTION.model_name:
         from models.retinaface.net import RetinaFace, RetinaFaceConfig
 
         return RetinaFace(RetinaFaceConfig.from_dict(arch))

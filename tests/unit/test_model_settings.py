@@ -95,3 +95,12 @@ def test_a_bad_per_model_value_is_refused_at_start_up(monkeypatch: pytest.Monkey
 )
 def test_version_policies_select_like_tritons(text: str, available: list[int], served: list[int]) -> None:
     assert VersionPolicy.parse(text).select(available) == served
+
+
+def test_every_task_has_a_pipeline_and_an_unknown_one_is_an_error() -> None:
+    from polynl_core.tasks import UnknownTask
+    from service.registry import PIPELINES, pipeline_class
+
+    assert set(PIPELINES) == set(Task)
+    with pytest.raises(UnknownTask, match="segmentation"):
+        pipeline_class("segmentation")
