@@ -127,7 +127,7 @@ def _load(name: str, path: Path) -> tuple[nn.Module, Checkpoint, Preprocess]:
     if checkpoint.task != name:
         raise CheckpointError(f"{path} is a {checkpoint.task} checkpoint, not a {name} one")
     try:
-        preprocess = Preprocess.from_checkpoint(checkpoint.preprocess)
+        preprocess = Preprocess.model_validate(checkpoint.preprocess)
     except ValidationError as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid preprocess section: {exc}") from exc
     return model, checkpoint, preprocess

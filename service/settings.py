@@ -189,6 +189,12 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(default=None, description="Bearer token required when set.")
     protect_metrics: bool = Field(default=False, description="Require the API key for /metrics too.")
 
+    @field_validator("max_batch_size", "max_wait_ms", "queue_size", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose files pass ${POLYNL_MAX_BATCH_SIZE:-}: empty means "each model's own value".
+        return None if value == "" else value
+
     @field_validator("providers", mode="before")
     @classmethod
     def _parse_providers(cls, value: object) -> object:

@@ -104,3 +104,8 @@ def test_every_task_has_a_pipeline_and_an_unknown_one_is_an_error() -> None:
     assert set(PIPELINES) == set(Task)
     with pytest.raises(UnknownTask, match="segmentation"):
         pipeline_class("segmentation")
+
+
+def test_an_empty_variable_for_every_model_leaves_each_models_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLYNL_MAX_BATCH_SIZE", "")
+    assert serving_settings(DETECTOR, Settings()).sources["max_batch_size"] == "config.json"
