@@ -71,6 +71,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > 1024:
+        raise argparse.ArgumentTypeError(f"{text} is over 1024")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def _pyramid(text: str) -> tuple[float, ...]:
     try:
         return check_pyramid([float(part) for part in text.split(",") if part.strip()])
@@ -117,8 +131,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "queue 128; newest version only; the checkpoint's pyramid). They apply to every model "
         "exported in this run (use --only to set one model's).",
     )
-    serving.add_argument("--max-batch-size", type=_positive_int, default=None, help="largest batch")
-    serving.add_argument("--max-wait-ms", type=float, default=None, help="longest wait for a batch to fill")
+    serving.add_argument("--max-batch-size", type=_batch_size, default=None, help="largest batch")
+    serving.add_argument(
+        "--max-wait-ms", type=_non_negative_float, default=None, help="longest wait for a batch to fill"
+    )
     serving.add_argument("--queue-size", type=_positive_int, default=None, help="queued inputs before 503")
     serving.add_argument(
         "--pyramid",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from polynl_core.images import IMAGE_SUFFIXES
+from polynl_core.images import IMAGE_SUFFIXES, read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def read_image_folder(root: Path, size: tuple[int, int], classes: list[str] | No
         for file in sorted(folder.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            with Image.open(file) as image:
-                images.append(fit_to_size(image, size))
+            # Decoded as the service decodes an upload (alpha on white, 16-bit, EXIF).
+            images.append(fit_to_size(read_rgb(file), size))
             labels.append(index)
     if not images:
         raise ValueError(f"no images found under {root}")
