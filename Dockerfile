@@ -10,7 +10,7 @@
 #   export        serve-deps + torch CPU + models/ export/ code and shipped weights;
 #                 its command writes a model repository: `docker run ... -v repo:/models`
 #   model-repo    runs the export once at build time on models/weights/*.pt -> /models
-#   runtime       python-base + /opt/venv from serve-deps + service/ + /models.
+#   runtime       python-base + /opt/venv from serve-deps + polynl_core/ + service/ + /models.
 #                 No torch, no compilers, no pip cache, no wheels; non-root; read-only friendly.
 #
 # Everything installs from build/wheels with --no-index, so the build needs no network. The
@@ -63,7 +63,7 @@ FROM scratch AS export-src
 COPY pyproject.toml /app/
 COPY models /app/models
 COPY export /app/export
-COPY service /app/service
+COPY polynl_core /app/polynl_core
 # Real photos for the export's ONNX-vs-PyTorch parity check.
 COPY samples /app/samples
 
@@ -89,6 +89,7 @@ RUN python -m export --all --out /models
 
 # --- runtime: the serving image ------------------------------------------------------------
 FROM scratch AS runtime-files
+COPY polynl_core /app/polynl_core
 COPY service /app/service
 COPY --from=model-repo /models /models
 

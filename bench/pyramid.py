@@ -2,7 +2,7 @@
 
 The service's detector path minus HTTP and batching, for each image of a folder: letterbox into
 the service's bucket (plus the pyramid's smaller copies), ONNX Runtime on each input, merge of
-the levels, threshold + NMS (``service.pyramid``, ``service.postprocess``). One pass and the
+the levels, threshold + NMS (``polynl_core.pyramid``, ``polynl_core.postprocess``). One pass and the
 pyramid run interleaved image by image, in rounds, on the same session; per-image time is the
 median over rounds, and the report gives the totals and their ratio.
 
@@ -21,11 +21,11 @@ import onnxruntime as ort
 from PIL import Image
 
 from bench.machine import machine_info, machine_markdown, write_report
-from service.pipelines import DEFAULT_BUCKETS
-from service.postprocess import select_faces
-from service.preprocess import choose_bucket
-from service.pyramid import DEFAULT_LEVELS, detect_levels, pyramid_inputs
-from service.repository import load_repository
+from polynl_core.buckets import DEFAULT_BUCKETS, choose_bucket
+from polynl_core.images import is_image_file, read_rgb
+from polynl_core.postprocess import select_faces
+from polynl_core.pyramid import DEFAULT_LEVELS, detect_levels, pyramid_inputs
+from polynl_core.repository import load_repository
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(str(model.onnx_path), options, providers=["CPUExecutionProvider"])
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    images = [Image.open(p).convert("RGB") for p in paths]
+    paths = sorted(p for p in args.images.iterdir() if is_image_file(p))
+    images = [read_rgb(p) for p in paths]
     variants = {"one pass": (), "pyramid": tuple(DEFAULT_LEVELS)}
     seconds: dict[str, list[list[float]]] = {name: [[] for _ in images] for name in variants}
     faces: dict[str, int] = {}

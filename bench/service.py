@@ -113,7 +113,7 @@ def random_classifier_repository(kind: str, out: Path) -> Path:
 
 
 def describe_classifier(repository: Path) -> str:
-    from service.repository import load_repository
+    from polynl_core.repository import load_repository
 
     config = load_repository(repository, verify=False)["classifier"].config
     arch = config.arch
@@ -123,7 +123,7 @@ def describe_classifier(repository: Path) -> str:
 
 
 def describe_detector(repository: Path) -> str:
-    from service.repository import load_repository
+    from polynl_core.repository import load_repository
 
     config = load_repository(repository, verify=False)["face_detector"].config
     buckets = ", ".join(f"{h}x{w}" for h, w in config.size_buckets or [])

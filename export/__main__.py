@@ -29,35 +29,74 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import onnx
+
+from export.graph_check import GraphCheckError
 from export.pipeline import (
-    DEFAULT_BUCKETS,
     DEFAULT_CHECKPOINTS,
     ExportFailed,
     ExportOptions,
     export_model,
 )
 from models.checkpoint import CheckpointError
-from service.repository import RepositoryError, load_repository
+from polynl_core.buckets import DEFAULT_BUCKETS, format_buckets, parse_buckets
+from polynl_core.repository import RepositoryError, VersionPolicy, check_pyramid, load_repository
+from polynl_core.tasks import Task, UnknownTask, parse_task
 
-MODEL_NAMES = ("classifier", "face_detector")
+MODEL_NAMES = tuple(task.model_name for task in Task)
 # Set in the child process that does the work (see run_with_retries).
 WORKER_ENV = "POLYNL_EXPORT_WORKER"
 ATTEMPTS = 3
 RETRIED_SIGNALS = (signal.SIGSEGV, signal.SIGBUS)
 
 
-def _bucket(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bucket {text!r} is not HEIGHTxWIDTH, e.g. 480x640") from None
-    if height < 32 or width < 32:
-        raise argparse.ArgumentTypeError(f"bucket {text!r} is smaller than 32x32")
-    return height, width
-
-
 def _buckets(text: str) -> list[tuple[int, int]]:
-    return [_bucket(part) for part in text.split(",") if part.strip()]
+    try:
+        return parse_buckets(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _model_name(text: str) -> str:
+    try:
+        return parse_task(text).model_name
+    except UnknownTask as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > 1024:
+        raise argparse.ArgumentTypeError(f"{text} is over 1024")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _pyramid(text: str) -> tuple[float, ...]:
+    try:
+        return check_pyramid([float(part) for part in text.split(",") if part.strip()])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _version_policy(text: str) -> VersionPolicy:
+    try:
+        return VersionPolicy.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -67,7 +106,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--all", action="store_true", help="export the classifier and the face detector")
-    which.add_argument("--only", choices=MODEL_NAMES, help="export one model")
+    which.add_argument(
+        "--only",
+        type=_model_name,
+        help=f"export one model: {' | '.join(MODEL_NAMES)} (a task name such as 'detector' works too)",
+    )
     parser.add_argument("--out", type=Path, default=Path("model_repository"), help="repository folder")
     parser.add_argument("--classifier-checkpoint", type=Path, default=None, help="default: shipped weights")
     parser.add_argument("--detector-checkpoint", type=Path, default=None, help="default: shipped weights")
@@ -79,9 +122,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=_buckets,
         default=list(DEFAULT_BUCKETS),
         help="detector size buckets HxW,HxW,... written to config.json and checked for parity "
-        f"(default {','.join(f'{h}x{w}' for h, w in DEFAULT_BUCKETS)})",
+        f"(default {format_buckets(DEFAULT_BUCKETS)})",
     )
-    parser.add_argument("--max-batch-size", type=int, default=32, help="Triton config.pbtxt max_batch_size")
+    serving = parser.add_argument_group(
+        "serving settings",
+        "written to config.json (batching, version_policy, preprocess.pyramid) and config.pbtxt; "
+        "unset: each model's defaults (classifier: batch 32, 2 ms; face_detector: batch 4, 5 ms; "
+        "queue 128; newest version only; the checkpoint's pyramid). They apply to every model "
+        "exported in this run (use --only to set one model's).",
+    )
+    serving.add_argument("--max-batch-size", type=_batch_size, default=None, help="largest batch")
+    serving.add_argument(
+        "--max-wait-ms", type=_non_negative_float, default=None, help="longest wait for a batch to fill"
+    )
+    serving.add_argument("--queue-size", type=_positive_int, default=None, help="queued inputs before 503")
+    serving.add_argument(
+        "--pyramid",
+        type=_pyramid,
+        default=None,
+        help="detector pyramid levels, e.g. 0.5,0.25 ('' = one pass); default: the checkpoint's",
+    )
+    serving.add_argument(
+        "--version-policy",
+        type=_version_policy,
+        default=None,
+        help="versions the service (and Triton) serve: latest[:N] | all | 1,3 (default latest:1)",
+    )
     parser.add_argument(
         "--parity-images",
         type=Path,
@@ -132,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         version=args.version,
         buckets=args.buckets,
         max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        pyramid=args.pyramid,
+        version_policy=args.version_policy,
         parity_folders=args.parity_images,
     )
     started = time.perf_counter()
@@ -141,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CheckpointError as exc:
             print(f"error: {_one_line(str(exc))}", file=sys.stderr)
             return 2
-        except ExportFailed as exc:
+        except (ExportFailed, GraphCheckError, onnx.checker.ValidationError) as exc:
+            # Every failed check, including the graph checker's own errors: one line, no traceback.
             print(f"error: {name}: {_one_line(str(exc))}", file=sys.stderr)
             return 1
     try:
@@ -150,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: the written repository does not load: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     summary = ", ".join(f"{n} v{m.config.version}" for n, m in loaded.items())
-    print(f"repository {args.out} loads with service.repository: {summary}")
+    print(f"repository {args.out} loads with polynl_core.repository: {summary}")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -2,9 +2,9 @@
 
 Data path: ``model.onnx`` (from :mod:`export.onnx_export`) and the PyTorch module it was
 traced from -> **this module** -> pass/fail for :mod:`export.__main__`. Inputs are made by
-``service.preprocess.classifier_input`` / ``letterbox`` from real photos, so the numbers
+``polynl_core.preprocess.classifier_input`` / ``letterbox`` from real photos, so the numbers
 compared are the ones the service will compute; detections go through the service's one NMS
-(``service.postprocess.select_faces``).
+(``polynl_core.postprocess.select_faces``).
 
 Tolerances (fp32, CPU execution provider), elementwise ``|ort - torch| <= atol + rtol*|torch|``:
 
@@ -30,11 +30,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from service.postprocess import Faces, select_faces
-from service.preprocess import classifier_input, letterbox
-from service.repository import Preprocess
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from polynl_core.images import is_image_file
+from polynl_core.postprocess import Faces, select_faces
+from polynl_core.preprocess import classifier_input, letterbox
+from polynl_core.repository import Preprocess
 
 
 @dataclass(frozen=True)
@@ -85,17 +84,9 @@ def find_images(folders: Iterable[Path], per_folder: int = 8) -> list[Path]:
     found: list[Path] = []
     for folder in folders:
         if folder.is_dir():
-            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in folder.iterdir() if is_image_file(p))
             found.extend(files[:per_folder])
     return found
-
-
-def load_rgb(paths: Sequence[Path]) -> list[Image.Image]:
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    return images
 
 
 def cpu_session(onnx_path: Path, threads: int = 0) -> ort.InferenceSession:

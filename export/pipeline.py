@@ -31,12 +31,23 @@ from export.repository import (
     build_config,
     publish,
     staging_dir,
-    write_config,
     write_triton_config,
 )
 from models.blocks import PolyNL
 from models.checkpoint import Checkpoint, CheckpointError, load_model
-from service.repository import InputSpec, Preprocess, PriorSpec
+from polynl_core.buckets import DEFAULT_BUCKETS
+from polynl_core.images import read_rgb
+from polynl_core.repository import (
+    DEFAULT_BATCHING,
+    Batching,
+    InputSpec,
+    Preprocess,
+    PriorSpec,
+    VersionPolicy,
+    check_pyramid,
+    write_model_config,
+)
+from polynl_core.tasks import DETECTOR_OUTPUTS, Task, parse_task
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINTS = {
@@ -48,8 +59,6 @@ DEFAULT_PARITY_FOLDERS = (
     PROJECT_ROOT / "tests" / "data" / "parity",
     PROJECT_ROOT / "tests" / "data" / "cmumit-val" / "images",
 )
-# (height, width). Square buckets for typical photos, plus landscape and portrait 4:3.
-DEFAULT_BUCKETS: tuple[tuple[int, int], ...] = ((320, 320), (480, 640), (640, 480), (640, 640))
 CLASSIFIER_BATCH_SIZES = (1, 3, 8)
 DETECTOR_BATCH_SIZES = (1, 3)
 # The graph check's input: large enough that N = H*W at every block dwarfs its channels.
@@ -66,12 +75,29 @@ class ExportFailed(RuntimeError):
 
 @dataclass
 class ExportOptions:
+    """What to write; ``None`` serving settings take the task's defaults
+    (:data:`polynl_core.repository.DEFAULT_BATCHING`) or, for the pyramid, the checkpoint's."""
+
     out: Path = Path("model_repository")
     version: int = 1
     buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS
-    max_batch_size: int = 32
+    max_batch_size: int | None = None
+    max_wait_ms: float | None = None
+    queue_size: int | None = None
+    pyramid: Sequence[float] | None = None  # detector only
+    version_policy: VersionPolicy | None = None
     parity_folders: Sequence[Path] | None = None
     images_per_folder: int = 6
+
+    def batching(self, task: Task) -> Batching:
+        """The task's default batching with this export's explicit values on top."""
+        given = {
+            "max_batch_size": self.max_batch_size,
+            "max_wait_ms": self.max_wait_ms,
+            "queue_size": self.queue_size,
+        }
+        values = {**DEFAULT_BATCHING[task].model_dump(), **{k: v for k, v in given.items() if v is not None}}
+        return Batching.model_validate(values)
 
 
 @dataclass
@@ -134,7 +160,7 @@ def _detector_plan(
     version: int,
     buckets: Sequence[tuple[int, int]],
 ) -> _Plan:
-    from models.retinaface.inference import OUTPUT_NAMES, DecodedRetinaFace
+    from models.retinaface.inference import DecodedRetinaFace
 
     if preprocess.resize != "letterbox":
         raise CheckpointError(f"detector checkpoint {checkpoint.path} needs preprocess resize 'letterbox'")
@@ -144,7 +170,7 @@ def _detector_plan(
         version=version,
         opset=OPSET,
         input=InputSpec(height=None, width=None),
-        outputs=list(OUTPUT_NAMES),
+        outputs=list(DETECTOR_OUTPUTS),
         output_dims={"boxes": [-1, 4], "scores": [-1], "landmarks": [-1, 10]},
         block=str(checkpoint.arch.get("block", "none")),
     )
@@ -162,7 +188,7 @@ def _parity_images(options: ExportOptions, log: Log) -> list[Image.Image]:
     paths = parity.find_images([Path(f) for f in folders], options.images_per_folder)
     if paths:
         log(f"  parity images: {len(paths)} from {', '.join(sorted({p.parent.name for p in paths}))}")
-        return parity.load_rgb(paths)
+        return [read_rgb(path) for path in paths]
     # A pip-installed copy has no test images; synthetic gradients still exercise every op.
     log("  WARNING: no real parity images found; using synthetic gradient images")
     yy, xx = np.mgrid[0:97, 0:131]
@@ -194,7 +220,10 @@ def _run_parity(
 
 
 def _check_graph(plan: _Plan, model: onnx.ModelProto, log: Log) -> graph_check.GraphReport:
-    report = graph_check.check_graph(model, plan.check_shape)
+    try:
+        report = graph_check.check_graph(model, plan.check_shape)
+    except (graph_check.GraphCheckError, onnx.checker.ValidationError) as exc:
+        raise ExportFailed(f"graph check: {exc}") from exc
     for line in graph_check.format_report(report):
         log(f"  {line}")
     expected = sum(1 for m in plan.module.modules() if isinstance(m, PolyNL))
@@ -238,10 +267,16 @@ def _export_model(name: str, checkpoint_path: Path, options: ExportOptions, log:
     started = time.perf_counter()
     log(f"[{name}] checkpoint {checkpoint_path}")
     model, checkpoint, preprocess = _load(name, Path(checkpoint_path))
-    if name == "classifier":
+    task = parse_task(checkpoint.task)
+    if task is Task.CLASSIFICATION:
         plan = _classifier_plan(model, checkpoint, preprocess, options.version)
     else:
+        if options.pyramid is not None:
+            preprocess = preprocess.model_copy(update={"pyramid": check_pyramid(options.pyramid)})
         plan = _detector_plan(model, checkpoint, preprocess, options.version, options.buckets)
+    batching = options.batching(task)
+    policy = options.version_policy or VersionPolicy()
+    log(f"  batching {batching.model_dump()}, version policy {policy.describe()}")
     log(f"  arch {checkpoint.arch}")
     staged = staging_dir(options.out, name, options.version)
     try:
@@ -256,10 +291,12 @@ def _export_model(name: str, checkpoint_path: Path, options: ExportOptions, log:
             checkpoint.sha256 or "",
             plan.priors,
             plan.buckets,
+            batching,
+            options.version_policy,
         )
-        write_config(staged, config)
+        write_model_config(staged, config)
         result.version_dir = publish(staged, options.out, name, options.version)
-        write_triton_config(options.out, plan.facts, options.max_batch_size)
+        write_triton_config(options.out, plan.facts, batching, policy)
     finally:
         if staged.exists():
             shutil.rmtree(staged)

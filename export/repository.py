@@ -3,12 +3,14 @@
 Data path: ``model.onnx`` that passed :mod:`export.graph_check` and :mod:`export.parity` ->
 **this module** -> ``<out>/<model>/<version>/{model.onnx, config.json}`` and
 ``<out>/<model>/config.pbtxt``. ``config.json`` is written with
-``service.repository.write_model_config`` (the one format and loader, shared with the
+``polynl_core.repository.write_model_config`` (the one format and loader, shared with the
 service); this module only fills in the values.
 
 ``config.pbtxt`` sits at the model level, where Triton Inference Server looks for it (one
-config for all versions of a model; Triton picks ``<version>/model.onnx``). Our service
-ignores it.
+config for all versions of a model; Triton picks ``<version>/model.onnx``). It is generated
+from the same :class:`~polynl_core.repository.Batching` and
+:class:`~polynl_core.repository.VersionPolicy` values that ``config.json`` carries, so Triton
+and our service batch the same way; our service reads ``config.json`` only.
 
 A version is staged in a hidden sibling folder and moved into place only when every check
 has passed, so a failed export never leaves a half-written version behind, and re-exporting
@@ -26,18 +28,19 @@ from pathlib import Path
 import onnx
 import torch
 
-from service.repository import (
+from polynl_core.repository import (
+    ONNX_FILE,
+    Batching,
     InputSpec,
     ModelConfig,
     Preprocess,
     PriorSpec,
+    VersionPolicy,
     sha256_of,
-    write_model_config,
 )
+from polynl_core.tasks import parse_task
 
-ONNX_FILE = "model.onnx"
 TRITON_CONFIG = "config.pbtxt"
-TASKS = {"classifier": "classification", "face_detector": "face_detection"}
 
 
 def exporter_version() -> str:
@@ -96,12 +99,14 @@ def build_config(
     checkpoint_sha256: str,
     priors: PriorSpec | None = None,
     size_buckets: Sequence[tuple[int, int]] | None = None,
+    batching: Batching | None = None,
+    version_policy: VersionPolicy | None = None,
 ) -> ModelConfig:
     """The ``config.json`` content for the ONNX file(s) already in ``version_dir``."""
     return ModelConfig(
         name=facts.name,
         version=facts.version,
-        task=TASKS[task],  # type: ignore[arg-type]
+        task=parse_task(task),
         onnx_file=ONNX_FILE,
         onnx_sha256=sha256_of(version_dir / ONNX_FILE),
         opset=facts.opset,
@@ -110,7 +115,9 @@ def build_config(
         preprocess=preprocess,
         labels=list(labels),
         priors=priors,
-        size_buckets=[tuple(b) for b in size_buckets] if size_buckets else None,  # type: ignore[misc]
+        size_buckets=[(int(h), int(w)) for h, w in size_buckets] if size_buckets else None,
+        batching=batching,
+        version_policy=version_policy,
         block=facts.block,
         arch=dict(arch),
         source_checkpoint_sha256=checkpoint_sha256,
@@ -118,32 +125,29 @@ def build_config(
     )
 
 
-def write_config(version_dir: Path, config: ModelConfig) -> Path:
-    return write_model_config(version_dir, config)
-
-
 def _dims(values: Sequence[int | None]) -> str:
     return "[ " + ", ".join(str(-1 if v is None else v) for v in values) + " ]"
 
 
-def triton_config_text(
-    facts: ModelFacts,
-    max_batch_size: int = 32,
-    preferred_batch_sizes: Sequence[int] = (8, 16),
-    max_queue_delay_us: int = 2000,
-) -> str:
-    """A Triton ``config.pbtxt``: ONNX Runtime backend, dynamic batching, typed inputs/outputs."""
-    data_type = "TYPE_FP16" if facts.input.dtype == "float16" else "TYPE_FP32"
+def preferred_batch_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two from 4 up to ``max_batch_size``, and ``max_batch_size`` itself."""
+    sizes = [size for size in (4, 8, 16, 32, 64, 128, 256, 512) if size < max_batch_size]
+    return [*sizes, max_batch_size]
+
+
+def triton_config_text(facts: ModelFacts, batching: Batching, version_policy: VersionPolicy) -> str:
+    """A Triton ``config.pbtxt``: ONNX Runtime backend, dynamic batching, typed inputs/outputs,
+    with the batch size, queue delay, queue size and version policy of ``config.json``."""
     lines = [
         f'name: "{facts.name}"',
         'backend: "onnxruntime"',
         f'default_model_filename: "{ONNX_FILE}"',
-        f"max_batch_size: {max_batch_size}",
-        "version_policy: { latest: { num_versions: 1 } }",
+        f"max_batch_size: {batching.max_batch_size}",
+        f"version_policy: {version_policy.pbtxt()}",
         "input [",
         "  {",
         f'    name: "{facts.input.name}"',
-        f"    data_type: {data_type}",
+        "    data_type: TYPE_FP32",
         "    format: FORMAT_NCHW",
         f"    dims: {_dims([3, facts.input.height, facts.input.width])}",
         "  }",
@@ -158,19 +162,22 @@ def triton_config_text(
             f"    dims: {_dims(facts.output_dims[name])}",
             "  }" + ("," if index < len(facts.outputs) - 1 else ""),
         ]
-    preferred = ", ".join(str(b) for b in preferred_batch_sizes if b <= max_batch_size)
+    preferred = ", ".join(str(b) for b in preferred_batch_sizes(batching.max_batch_size))
     lines += [
         "]",
         "dynamic_batching {",
         f"  preferred_batch_size: [ {preferred} ]",
-        f"  max_queue_delay_microseconds: {max_queue_delay_us}",
+        f"  max_queue_delay_microseconds: {round(batching.max_wait_ms * 1000)}",
+        f"  default_queue_policy: {{ max_queue_size: {batching.queue_size} }}",
         "}",
         "instance_group [ { kind: KIND_AUTO, count: 1 } ]",
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_triton_config(out: Path, facts: ModelFacts, max_batch_size: int = 32) -> Path:
+def write_triton_config(
+    out: Path, facts: ModelFacts, batching: Batching, version_policy: VersionPolicy
+) -> Path:
     path = out / facts.name / TRITON_CONFIG
-    path.write_text(triton_config_text(facts, max_batch_size=max_batch_size))
+    path.write_text(triton_config_text(facts, batching, version_policy))
     return path

@@ -28,10 +28,18 @@ import numpy as np
 from PIL import Image
 
 from models.detection_metrics import ImageDetections, evaluate_detections, iou_matrix, load_box_list
-from models.evaluate import FaceSelection, TorchFaceDetector, load_rgb
-from service.postprocess import select_faces
+from models.evaluate import FaceSelection, TorchFaceDetector
+from polynl_core.images import read_rgb
+from polynl_core.postprocess import select_faces
 
 Detect = Callable[[Image.Image], ImageDetections]
+
+
+def _landmarks(found: ImageDetections) -> np.ndarray:
+    """Our detector always reports landmarks; (F, 10) zeros stand in where a detector has none."""
+    if found.landmarks is None:
+        return np.zeros((len(found.scores), 10), dtype=np.float32)
+    return found.landmarks
 
 
 def scaled(detect: Detect, factor: float) -> Detect:
@@ -41,7 +49,7 @@ def scaled(detect: Detect, factor: float) -> Detect:
         size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
         found = detect(image.resize(size, Image.Resampling.BILINEAR))
         return ImageDetections(
-            boxes=found.boxes / factor, scores=found.scores, landmarks=found.landmarks / factor
+            boxes=found.boxes / factor, scores=found.scores, landmarks=_landmarks(found) / factor
         )
 
     return run
@@ -55,12 +63,12 @@ def with_flip(detect: Detect, selection: FaceSelection) -> Detect:
         mirrored = detect(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
         boxes = mirrored.boxes[:, [2, 1, 0, 3]].copy()
         boxes[:, [0, 2]] = image.width - boxes[:, [0, 2]]
-        marks = mirrored.landmarks.reshape(-1, 5, 2)[:, [1, 0, 2, 4, 3]].copy()
+        marks = _landmarks(mirrored).reshape(-1, 5, 2)[:, [1, 0, 2, 4, 3]].copy()
         marks[:, :, 0] = image.width - marks[:, :, 0]
         faces = select_faces(
             np.concatenate([plain.boxes, boxes]),
             np.concatenate([plain.scores, mirrored.scores]),
-            np.concatenate([plain.landmarks.reshape(-1, 10), marks.reshape(-1, 10)]),
+            np.concatenate([_landmarks(plain).reshape(-1, 10), marks.reshape(-1, 10)]),
             selection.score_threshold,
             selection.nms_iou,
             selection.max_faces,
@@ -73,14 +81,14 @@ def with_flip(detect: Detect, selection: FaceSelection) -> Detect:
 def min_width(found: ImageDetections, pixels: float) -> ImageDetections:
     keep = (found.boxes[:, 2] - found.boxes[:, 0]) >= pixels
     return ImageDetections(
-        boxes=found.boxes[keep], scores=found.scores[keep], landmarks=found.landmarks[keep]
+        boxes=found.boxes[keep], scores=found.scores[keep], landmarks=_landmarks(found)[keep]
     )
 
 
 def analyze(args: argparse.Namespace) -> dict[str, Any]:
     data = Path(args.data)
     truth = load_box_list(data / "labels.json")
-    images = [load_rgb(data / gt.file) for gt in truth]
+    images = [read_rgb(data / gt.file) for gt in truth]
     selection = FaceSelection(pyramid=None if args.pyramid is None else tuple(args.pyramid))
     detector = TorchFaceDetector(args.checkpoint, selection)
     levels = detector.pyramid
@@ -92,7 +100,9 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
         return evaluate_detections(found, truth, ious=[0.5, args.iou]).to_dict()["ap"]
 
     base = [detect(image) for image in images]
-    missed, weak, false_positives = [], [], []
+    missed: list[dict[str, Any]] = []
+    weak: list[dict[str, Any]] = []
+    false_positives: list[dict[str, Any]] = []
     for gt, found in zip(truth, base, strict=True):
         faces = np.asarray(gt.boxes, dtype=np.float64).reshape(-1, 4)
         overlap = iou_matrix(found.boxes, faces) if len(found.boxes) and len(faces) else None

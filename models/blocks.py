@@ -24,7 +24,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-BlockType = Literal["none", "nonlocal", "polynl"]
 BLOCK_TYPES: tuple[str, ...] = ("none", "nonlocal", "polynl")
 
 

@@ -18,7 +18,6 @@ A checkpoint is a ``torch.save``d dict::
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from polynl_core.repository import sha256_of
+from polynl_core.tasks import Task
+
 CHECKPOINT_FORMAT = "polynl-checkpoint/1"
-TASKS = ("classifier", "face_detector")
+# The checkpoint format stores the model name of the task (polynl_core.tasks.Task.model_name).
+TASKS = tuple(task.model_name for task in Task)
 
 
 class CheckpointError(ValueError):
@@ -57,21 +60,13 @@ class Checkpoint:
         }
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_model(task: str, arch: dict[str, Any]) -> nn.Module:
     """Rebuild an (untrained) model of ``task`` from its stored config."""
-    if task == "classifier":
+    if task == Task.CLASSIFICATION.model_name:
         from models.resnet import ResNet, ResNetConfig
 
         return ResNet(ResNetConfig.from_dict(arch))
-    if task == "face_detector":
+    if task == Task.FACE_DETECTION.model_name:
         from models.retinaface.net import RetinaFace, RetinaFaceConfig
 
         return RetinaFace(RetinaFaceConfig.from_dict(arch))
@@ -85,7 +80,7 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> str:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(checkpoint.to_dict(), tmp)
     tmp.replace(path)
-    return file_sha256(path)
+    return sha256_of(path)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -115,7 +110,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         preprocess=dict(raw["preprocess"]),
         training=dict(raw.get("training", {})),
         path=path,
-        sha256=file_sha256(path),
+        sha256=sha256_of(path),
     )
 
 

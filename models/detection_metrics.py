@@ -4,7 +4,7 @@ Where it sits: at the very end of the evaluation path
 ``image -> detector (ours, ONNX, or a baseline) -> faces -> [this module] -> JSON / PNG``.
 It only sees boxes, scores and landmarks in original-image pixels, so every detector is scored
 by the same code. NumPy only (matplotlib is imported lazily for the plot, scipy lazily for the
-WIDER ``.mat`` files); the IoU is :func:`service.postprocess.box_iou`, the project's one IoU.
+WIDER ``.mat`` files); the IoU is :func:`polynl_core.postprocess.box_iou`, the project's one IoU.
 
 How AP is computed (the method of WIDER FACE's official evaluation, ``wider_eval.m`` and its
 widely used Python port), step by step:
@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from service.postprocess import box_iou
+from polynl_core.postprocess import box_iou
 
 THRESHOLD_BINS = 1000  # as in WIDER FACE's evaluation
 NME_FAILURE = 0.1  # a face whose NME exceeds this counts as a landmark failure

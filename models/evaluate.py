@@ -1,9 +1,9 @@
 """``python -m models.evaluate``: score the classifier and the face detector on held-out data.
 
 Where it sits: beside training, at the end of the model side. It runs the models exactly as
-they are served: the classifier through :func:`service.preprocess.classifier_input`, the
-detector through :func:`service.pyramid.pyramid_inputs` (letterbox and pyramid levels),
-:func:`service.pyramid.merge_levels` and :func:`service.postprocess.select_faces`, either the
+they are served: the classifier through :func:`polynl_core.preprocess.classifier_input`, the
+detector through :func:`polynl_core.pyramid.pyramid_inputs` (letterbox and pyramid levels),
+:func:`polynl_core.pyramid.merge_levels` and :func:`polynl_core.postprocess.select_faces`, either the
 PyTorch checkpoint or the exported ONNX model (``--onnx model_repository/<name>``). Detector metrics come from
 :mod:`models.detection_metrics`, the same code that scores the baselines.
 
@@ -31,12 +31,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from models.baselines import BASELINE_NAMES
 from models.detection_metrics import (
@@ -49,13 +48,14 @@ from models.detection_metrics import (
     load_wider_split,
     plot_pr_curves,
 )
-from service.postprocess import select_faces
-from service.preprocess import choose_bucket, classifier_input
-from service.pyramid import DEFAULT_LEVELS as DEFAULT_PYRAMID_LEVELS
-from service.pyramid import detect_levels, pyramid_inputs
-from service.repository import Preprocess
+from polynl_core.buckets import DEFAULT_BUCKETS, choose_bucket
+from polynl_core.images import IMAGE_SUFFIXES, read_rgb
+from polynl_core.postprocess import select_faces
+from polynl_core.preprocess import classifier_input
+from polynl_core.pyramid import DEFAULT_LEVELS as DEFAULT_PYRAMID_LEVELS
+from polynl_core.pyramid import detect_levels, pyramid_inputs
+from polynl_core.repository import Preprocess
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 DETECTOR_NAME = "polynl-retinaface"
 
 FaceDetector = Callable[[np.ndarray], ImageDetections]
@@ -68,18 +68,6 @@ def _progress(iterable: Any, total: int | None, desc: str) -> Any:
     except ImportError:
         return iterable
     return tqdm(iterable, total=total, desc=desc, unit="img", file=sys.stderr, mininterval=1.0)
-
-
-def _preprocess_from(raw: dict[str, Any]) -> Preprocess:
-    """The checkpoint's ``preprocess`` dict as the served :class:`Preprocess` (extra keys dropped)."""
-    known = {k: v for k, v in raw.items() if k in Preprocess.model_fields}
-    return Preprocess.model_validate(known)
-
-
-def load_rgb(source: str | Path | bytes) -> Image.Image:
-    """Decode like the service: EXIF orientation applied, then RGB."""
-    with Image.open(BytesIO(source) if isinstance(source, bytes) else source) as opened:
-        return ImageOps.exif_transpose(opened).convert("RGB")
 
 
 # =========================================================================== classifier
@@ -140,7 +128,7 @@ def torch_classifier(
         with torch.inference_mode():
             return model(torch.from_numpy(batch)).numpy()
 
-    return predict, meta.labels, _preprocess_from(meta.preprocess)
+    return predict, meta.labels, Preprocess.from_checkpoint(meta.preprocess)
 
 
 def onnx_classifier(
@@ -148,7 +136,7 @@ def onnx_classifier(
 ) -> tuple[Callable[[np.ndarray], np.ndarray], list[str], Preprocess]:
     import onnxruntime as ort
 
-    from service.repository import load_model as load_repository_model
+    from polynl_core.repository import load_model as load_repository_model
 
     loaded = load_repository_model(Path(model_dir))
     session = ort.InferenceSession(str(loaded.onnx_path), providers=["CPUExecutionProvider"])
@@ -199,7 +187,7 @@ def evaluate_classifier(
             break
         if item.class_name not in index:
             raise SystemExit(f"class folder {item.class_name!r} ({item.name}) is not a label of the model")
-        batch.append(classifier_input(load_rgb(item.data), preprocess))
+        batch.append(classifier_input(read_rgb(item.data), preprocess))
         targets.append(index[item.class_name])
         if len(batch) == batch_size:
             flush()
@@ -229,7 +217,7 @@ class FaceSelection:
     """Pyramid, threshold and NMS as the service applies them, for scoring.
 
     The score threshold is far below the service's, so the PR curve reaches high recall. The
-    pyramid levels (service/pyramid.py) default, as in the service, to the model's own
+    pyramid levels (polynl_core/pyramid.py) default, as in the service, to the model's own
     (``preprocess.pyramid`` of its checkpoint or config.json); ``()`` is one pass.
     """
 
@@ -276,7 +264,7 @@ class TorchFaceDetector:
         self._torch = torch
         assert isinstance(model, RetinaFace)  # task checked above; narrows the type
         self.network = DecodedRetinaFace(model).eval()
-        self.preprocess = _preprocess_from(meta.preprocess)
+        self.preprocess = Preprocess.from_checkpoint(meta.preprocess)
         self.selection = selection or FaceSelection()
         self.pyramid = self.selection.levels_for(self.preprocess)
         self.settings = {**asdict(self.selection), "pyramid": list(self.pyramid)}
@@ -310,7 +298,7 @@ class OnnxFaceDetector:
     ) -> None:
         import onnxruntime as ort
 
-        from service.repository import load_model as load_repository_model
+        from polynl_core.repository import load_model as load_repository_model
 
         loaded = load_repository_model(Path(model_dir))
         self.config = loaded.config
@@ -326,8 +314,6 @@ class OnnxFaceDetector:
         fixed = self.config.input.height is not None and self.config.input.width is not None
         self.fixed_buckets = [(self.config.input.height, self.config.input.width)] if fixed else None
         if served and not fixed:
-            from service.pipelines import DEFAULT_BUCKETS
-
             self.served_buckets: list[tuple[int, int]] | None = [
                 (int(h), int(w)) for h, w in (self.config.size_buckets or DEFAULT_BUCKETS)
             ]
@@ -393,7 +379,7 @@ def run_detector(
     detections: list[ImageDetections] = []
     started = time.perf_counter()
     for gt in _progress(ground_truth, len(ground_truth), desc):
-        rgb = np.asarray(load_rgb(image_root / gt.file))
+        rgb = np.asarray(read_rgb(image_root / gt.file))
         detections.append(detector(rgb))
     elapsed = time.perf_counter() - started
     return detections, elapsed / max(1, len(ground_truth))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the checks: ruff (lint + format), mypy on service/ and export/, then pytest.
+# Run the checks: ruff (lint + format), mypy on the whole project, then pytest.
 # Default: the fast suites. With CI=true (or --all) also the slow, docker and browser suites.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,8 +9,8 @@ PY=.venv/bin/python
 echo "==> ruff"
 $PY -m ruff check .
 $PY -m ruff format --check .
-echo "==> mypy service export"
-$PY -m mypy service export
+echo "==> mypy polynl_core service export models bench"
+$PY -m mypy polynl_core service export models bench
 MARKERS="not slow and not docker and not browser"
 if [ "${CI:-}" = "true" ] || [ "${1:-}" = "--all" ]; then
   # Everything: slow suites, the docker deploy smoke test (about 7 min cold here; skipped,

@@ -1,9 +1,10 @@
 """The ASGI app (``uvicorn service.app:app``): wires the data path together.
 
-Start-up (lifespan): read the settings, load the model repository with the one loader
-(``service.repository.load_repository``, checksums verified), open an ONNX Runtime
-session per model, run a warm-up inference per input shape (each detection size bucket),
-start one batcher per model, then report ready. A broken repository stops start-up with
+Start-up (lifespan): read the settings, load every model version the version policies select
+with the one loader (``polynl_core.repository.load_served_models``, checksums verified), merge
+each version's serving settings (``service.model_settings``), open an ONNX Runtime session per
+version, run a warm-up inference per input shape (each detection size bucket), start one
+batcher per version, then report ready. A broken repository stops start-up with
 a clear message instead of serving garbage.
 
 Shutdown: uvicorn stops accepting connections and waits for the requests in flight;
@@ -15,19 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from polynl_core.images import allow_pixels
+from polynl_core.repository import LoadedModel, RepositoryError, default_models, load_served_models
+from polynl_core.tasks import UnknownTask
+from service.drills import with_drills
 from service.errors import install_error_handlers
-from service.images import allow_pixels
 from service.metrics import Metrics
 from service.middleware import EdgeMiddleware, RequestIdLogFilter
+from service.model_settings import ServingSettings, serving_settings
 from service.openapi import install_openapi
-from service.pipelines import DetectorPipeline, ModelPipeline, make_pipeline
-from service.repository import LoadedModel, RepositoryError, load_repository
+from service.registry import AnyPipeline, ModelRegistry, make_pipeline
 from service.routes import classify, demo, detect, health, models
 from service.runtime import ModelSession, create_session
 from service.settings import Settings, get_settings
@@ -51,16 +56,12 @@ def configure_logging(level: str) -> None:
         service_logger.propagate = False
 
 
-# The outputs the pipelines read, per task (see service.pipelines).
-_TASK_OUTPUTS = {"face_detection": {"boxes", "scores", "landmarks"}}
-
-
 def check_contract(model: LoadedModel, session: ModelSession) -> None:
     """The ONNX graph must have the input and outputs its config.json promises: a file from
     another model (checksum updated by hand) would load, warm up, and answer garbage."""
     config = model.config
     outputs = set(session.output_names)
-    expected = set(config.outputs) | _TASK_OUTPUTS.get(config.task, set())
+    expected = set(config.outputs) | set(config.task.outputs)
     if session.input_name != config.input.name or not expected <= outputs:
         raise RepositoryError(
             f"model {config.name}: {model.onnx_path} has input {session.input_name!r} and outputs "
@@ -69,40 +70,65 @@ def check_contract(model: LoadedModel, session: ModelSession) -> None:
         )
 
 
-def open_model(name: str, model: LoadedModel, settings: Settings, metrics: Metrics) -> ModelPipeline:
-    """One model's session, checked against its config and warmed up, or a RepositoryError."""
+def open_model(
+    model: LoadedModel, label: str, serving: ServingSettings, settings: Settings, metrics: Metrics
+) -> AnyPipeline:
+    """One model version's session, checked against its config and warmed up, or a RepositoryError."""
     try:
-        session = create_session(name, model.onnx_path, settings)
+        session = create_session(label, model.onnx_path, settings)
     except Exception as exc:  # ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...)
-        raise RepositoryError(f"model {name}: ONNX Runtime cannot load {model.onnx_path}: {exc}") from exc
+        raise RepositoryError(f"model {label}: ONNX Runtime cannot load {model.onnx_path}: {exc}") from exc
     check_contract(model, session)
-    pipeline = make_pipeline(model, session, settings, metrics.observer(name))
+    predict = with_drills(session.run, settings)
+    try:
+        pipeline = make_pipeline(
+            model, session, settings, serving, metrics.observer(label), label=label, predict=predict
+        )
+    except UnknownTask as exc:
+        raise RepositoryError(f"model {label}: {exc}") from exc
     try:
         pipeline.warm_up()
     except Exception as exc:
-        raise RepositoryError(f"model {name}: warm-up inference failed: {exc}") from exc
+        raise RepositoryError(f"model {label}: warm-up inference failed: {exc}") from exc
     return pipeline
 
 
-def load_pipelines(settings: Settings, metrics: Metrics) -> dict[str, ModelPipeline]:
-    """Repository -> sessions -> warmed-up pipelines (blocking; runs in a thread)."""
-    repository = load_repository(settings.model_repository, verify=settings.verify_checksums)
-    pipelines: dict[str, ModelPipeline] = {}
-    for name, model in repository.items():
-        pipeline = open_model(name, model, settings, metrics)
-        session = pipeline.session
+def _describe(serving: ServingSettings) -> str:
+    return ", ".join(
+        f"{name}={getattr(serving, name)} ({source})" for name, source in serving.sources.items()
+    )
+
+
+def load_models(settings: Settings, metrics: Metrics) -> ModelRegistry:
+    """Repository -> the versions each policy selects -> sessions -> warmed-up pipelines
+    (blocking; runs in a thread)."""
+    policies = {
+        name: overrides.version_policy
+        for name, overrides in settings.models.items()
+        if overrides.version_policy is not None
+    }
+    root = settings.model_repository
+    served = load_served_models(root, verify=settings.verify_checksums, policies=policies)
+    counts = Counter(model.name for model in served)
+    registry = ModelRegistry(defaults=default_models(root, served))
+    for model in served:
+        config = model.config
+        label = config.name if counts[config.name] == 1 else f"{config.name}/{config.version}"
+        serving = serving_settings(config, settings)
+        pipeline = open_model(model, label, serving, settings, metrics)
         logger.info(
-            "model %s v%d (%s, block=%s, sha256 %s...) on %s%s",
-            name,
-            model.config.version,
-            model.config.task,
-            model.config.block,
-            model.config.onnx_sha256[:12],
-            ", ".join(session.providers),
-            f", buckets {pipeline.buckets}" if isinstance(pipeline, DetectorPipeline) else "",
+            "model %s v%d (%s, block=%s, sha256 %s...) on %s; %s",
+            config.name,
+            config.version,
+            config.task.value,
+            config.block,
+            config.onnx_sha256[:12],
+            ", ".join(pipeline.session.providers),
+            _describe(serving),
         )
-        pipelines[name] = pipeline
-    return pipelines
+        registry.add(pipeline)
+    logger.info("defaults: %s", ", ".join(f"{t.value} -> {n}" for t, n in registry.defaults.items()))
+    return registry
 
 
 @asynccontextmanager
@@ -111,33 +137,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     allow_pixels(settings.max_image_pixels)
     logger.info(
-        "starting: repository %s, providers %s, max_batch_size %d, max_wait_ms %.1f, queue %d, timeout %.1fs",
+        "starting: repository %s, providers %s, timeout %.1fs",
         settings.model_repository,
         ",".join(settings.providers),
-        settings.max_batch_size,
-        settings.max_wait_ms,
-        settings.queue_size,
         settings.request_timeout_s,
     )
     try:
-        state.pipelines = await asyncio.to_thread(load_pipelines, settings, state.metrics)
+        state.models = await asyncio.to_thread(load_models, settings, state.metrics)
     except RepositoryError as exc:
         logger.error("cannot start: %s", exc)
         raise
-    for pipeline in state.pipelines.values():
+    for pipeline in state.models:
         pipeline.batcher.start()
         pipeline.ready = True
     state.ready = True
-    logger.info("ready: %s", ", ".join(state.pipelines))
+    logger.info("ready: %s", ", ".join(p.label for p in state.models))
     try:
         yield
     finally:
         state.accepting = False
         state.ready = False
         logger.info("shutting down: finishing queued requests")
-        await asyncio.gather(
-            *(p.batcher.stop(timeout_s=settings.request_timeout_s) for p in state.pipelines.values())
-        )
+        await asyncio.gather(*(p.batcher.stop(timeout_s=settings.request_timeout_s) for p in state.models))
         state.decode_pool.shutdown(wait=True)
         state.metrics.process_exiting()
         logger.info("stopped")

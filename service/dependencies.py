@@ -62,4 +62,3 @@ async def require_api_key_for_metrics(
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]

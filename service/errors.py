@@ -1,8 +1,10 @@
 """Every error the service answers with, and the one place where errors become HTTP.
 
-Sits at the edge of the data path: any step (upload reading, decoding, batching,
-inference) raises a :class:`ServiceError` subclass; :func:`install_error_handlers` turns
-it, FastAPI's validation errors and Starlette's HTTP errors into one JSON shape::
+Sits at the edge of the data path: any step (upload reading, batching, inference) raises a
+:class:`ServiceError` subclass, and the core's image decoder an
+:class:`polynl_core.images.ImageError` whose code :data:`IMAGE_ERROR_STATUS` maps to a status;
+:func:`install_error_handlers` turns them, FastAPI's validation errors and Starlette's HTTP
+errors into one JSON shape::
 
     {"error": "<stable code>", "message": "<for humans>", "request_id": "<X-Request-ID>"}
 
@@ -33,6 +35,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from polynl_core.images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, UnsupportedImage
 
 logger = logging.getLogger("service.errors")
 
@@ -96,20 +100,30 @@ class PayloadTooLarge(ServiceError):
         super().__init__(message, headers={"Connection": "close"})
 
 
-class ImageTooLarge(ServiceError):
-    status_code = 413
-    code = "image_too_large"
+# --- 400 / 413 / 415 / 422: image content (raised by the core's decoder) ------------------
+IMAGE_ERROR_STATUS: dict[str, int] = {
+    EmptyImage.code: 400,
+    ImageTooLarge.code: 413,
+    UnsupportedImage.code: 415,
+    CorruptImage.code: 422,
+}
 
 
-# --- 415 / 422: image content ------------------------------------------------------------
-class UnsupportedImage(ServiceError):
+class UnsupportedMediaType(ServiceError):
+    """The request's content type is not an image (the same answer as undecodable bytes)."""
+
     status_code = 415
-    code = "unsupported_image"
+    code = UnsupportedImage.code
 
 
-class CorruptImage(ServiceError):
-    status_code = 422
-    code = "corrupt_image"
+# --- 404 / 422: the request names something unknown, or out of range ----------------------
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class UnknownModel(NotFound):
+    code = "unknown_model"
 
 
 class InvalidParameter(ServiceError):
@@ -198,6 +212,12 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, exc.code, exc.message, request_id_of(request), exc.headers)
 
 
+async def _image_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ImageError)
+    status = IMAGE_ERROR_STATUS.get(exc.code, 422)
+    return error_response(status, exc.code, exc.message, request_id_of(request))
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message = _validation_message(list(exc.errors()))
@@ -214,5 +234,6 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Map every deliberate error to the one JSON shape (the only place that does so)."""
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(ImageError, _image_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from polynl_core.tasks import Task
 from service.routes.inputs import image_request_body
 from service.state import ServiceState
 
@@ -42,9 +43,10 @@ def _set_max_images(schema: dict[str, Any], path: str, max_images: int) -> None:
 def apply_limits(schema: dict[str, Any], state: ServiceState) -> None:
     """Tighten the static bounds in ``schema`` to what this server enforces."""
     settings = state.settings
-    classifiers = [p for p in state.pipelines.values() if p.config.task == "classification"]
-    if classifiers:
-        _set_maximum(schema, "/classify", "top_k", len(classifiers[0].config.labels))
+    # Each classifier checks top_k against its own labels; the schema states the widest bound.
+    labels = [len(p.config.labels) for p in state.models if p.task is Task.CLASSIFICATION]
+    if labels:
+        _set_maximum(schema, "/classify", "top_k", max(labels))
     _set_maximum(schema, "/detect-faces", "max_faces", settings.max_faces_limit)
     for path in ("/classify", "/detect-faces"):
         _set_max_images(schema, path, settings.max_images_per_request)

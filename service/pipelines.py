@@ -1,39 +1,45 @@
-"""One model's path from upload bytes to an answer, step by step (LitServe-style).
+"""One model version's path from upload bytes to an answer, step by step (LitServe-style).
 
+Every pipeline has the same hooks with the same signatures; a new kind of model is a new
+subclass registered for its task in :mod:`service.registry`, not a new branch in the routes.
 For each image: ``prepare`` (decode + preprocess: on the event loop for thumbnails up to
-``inline_decode_max_pixels``, in the decode thread pool otherwise) ->
-``Batcher.submit`` (queue, batch, one ONNX Runtime call, slice) -> ``answer``
-(softmax/top-k or NMS + mapping to original pixels). The routes call
-:meth:`ModelPipeline.infer` and build the HTTP response; this module knows nothing about
-HTTP. Preprocessing and labels come from the model's ``config.json``, never from constants.
+``inline_decode_max_pixels``, in the decode thread pool otherwise) -> ``Batcher.submit``
+(queue, batch, one ONNX Runtime call, slice) -> ``answer(outcome, params)`` (softmax/top-k,
+or NMS + mapping to original pixels) with the route's typed parameter object. The routes
+call :meth:`ModelPipeline.infer` and :meth:`ModelPipeline.answer`; this module knows nothing
+about HTTP. Preprocessing and labels come from the model's ``config.json``, batching and the
+detector's buckets and pyramid from :class:`service.model_settings.ServingSettings`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 from PIL import Image
 
+from polynl_core.buckets import choose_bucket
+from polynl_core.images import load_image, open_image
+from polynl_core.postprocess import faces_to_original, select_faces, softmax, top_k
+from polynl_core.preprocess import classifier_input
+from polynl_core.pyramid import LevelOutput, level_bucket, merge_levels, pyramid_inputs
+from polynl_core.repository import LoadedModel, ModelConfig
+from polynl_core.tasks import DETECTOR_OUTPUTS, Task
 from service.batching import Batcher, BatchObserver, BatchResult, PredictFn
-from service.images import load_image, open_image
-from service.postprocess import faces_to_original, select_faces, softmax, top_k
-from service.preprocess import choose_bucket, classifier_input
-from service.pyramid import LevelOutput, level_bucket, merge_levels, pyramid_inputs
-from service.repository import LoadedModel, ModelConfig
+from service.errors import InvalidParameter
+from service.model_settings import ServingSettings
 from service.runtime import ModelSession
 from service.schemas import Classification, Detection, Face, LabelScore, Landmarks
 from service.settings import Settings
 
 logger = logging.getLogger("service.pipelines")
-
-DEFAULT_BUCKETS: list[tuple[int, int]] = [(480, 640), (640, 640)]
 
 # Upload bytes allowed per pixel for an inline decode (see ModelPipeline._decode_inline):
 # RGBA uncompressed is 4; more means extra frames, pages or metadata.
@@ -58,12 +64,13 @@ class Prepared:
     height: int
     scale: float  # letterbox scale (detector); 1.0 for the classifier
     decode_ms: float
-    # Detector pyramid levels (service/pyramid.py): (array, scale) of each smaller copy.
+    # Detector pyramid levels (polynl_core/pyramid.py): (array, scale) of each smaller copy.
     levels: tuple[tuple[np.ndarray, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class ImageOutcome:
+    index: int  # position of the image in its request
     upload: Upload
     prepared: Prepared
     result: BatchResult
@@ -72,32 +79,6 @@ class ImageOutcome:
     @property
     def all_results(self) -> tuple[BatchResult, ...]:
         return (self.result, *self.level_results)
-
-
-def _delayed(predict: PredictFn, delay_s: float) -> PredictFn:
-    """Test/drill hook (``inference_delay_ms``): a slow model without a big model."""
-
-    def slow_predict(batch: np.ndarray) -> dict[str, np.ndarray]:
-        time.sleep(delay_s)
-        return predict(batch)
-
-    return slow_predict
-
-
-class InjectedFault(RuntimeError):
-    """The failure ``fault_every_n_batches`` injects (never raised in normal operation)."""
-
-
-def _faulty(predict: PredictFn, every: int) -> PredictFn:
-    """Fault drill hook (``fault_every_n_batches``): every n-th inference call raises."""
-    calls = itertools.count(1)
-
-    def faulty_predict(batch: np.ndarray) -> dict[str, np.ndarray]:
-        if next(calls) % every == 0:
-            raise InjectedFault(f"injected fault (every {every} batches)")
-        return predict(batch)
-
-    return faulty_predict
 
 
 async def _first_error_or_all(tasks: list[asyncio.Task[ImageOutcome]]) -> list[ImageOutcome]:
@@ -120,28 +101,59 @@ async def _first_error_or_all(tasks: list[asyncio.Task[ImageOutcome]]) -> list[I
     return [task.result() for task in tasks]
 
 
-class ModelPipeline:
-    """Shared machinery: session, batcher, decode -> batch -> answer."""
+@dataclass(frozen=True)
+class ClassifyParams:
+    """What a classification request asks for."""
+
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    """What a face detection request asks for."""
+
+    score_threshold: float = 0.5
+    nms_iou: float = 0.4
+    max_faces: int = 100
+
+
+ParamsT = TypeVar("ParamsT")
+AnswerT = TypeVar("AnswerT")
+
+
+class ModelPipeline(ABC, Generic[ParamsT, AnswerT]):
+    """Shared machinery: session, batcher, decode -> batch -> answer. Subclasses say how one
+    image becomes network inputs (:meth:`preprocess`), which shapes warm the session up
+    (:meth:`warmup_shapes`) and how one image's outputs become its answer (:meth:`answer`)."""
+
+    task: Task
 
     def __init__(
-        self, model: LoadedModel, session: ModelSession, settings: Settings, observer: BatchObserver
+        self,
+        model: LoadedModel,
+        session: ModelSession,
+        settings: Settings,
+        serving: ServingSettings,
+        observer: BatchObserver,
+        *,
+        label: str | None = None,
+        predict: PredictFn | None = None,
     ) -> None:
         self.model = model
         self.config: ModelConfig = model.config
         self.session = session
         self.settings = settings
+        self.serving = serving
+        # How logs, metrics and /readyz name this version: the model name, or name/version
+        # when several versions of the model are served.
+        self.label = label or model.config.name
         self.ready = False
-        predict: PredictFn = session.run
-        if settings.inference_delay_ms > 0:
-            predict = _delayed(predict, settings.inference_delay_ms / 1000.0)
-        if settings.fault_every_n_batches > 0:
-            predict = _faulty(predict, settings.fault_every_n_batches)
         self.batcher = Batcher(
-            self.config.name,
-            predict,
-            max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_wait_s,
-            queue_size=settings.queue_size,
+            self.label,
+            predict or session.run,
+            max_batch_size=serving.max_batch_size,
+            max_wait_s=serving.max_wait_s,
+            queue_size=serving.queue_size,
             retry_after_s=settings.retry_after_s,
             observer=observer,
         )
@@ -150,12 +162,24 @@ class ModelPipeline:
     def name(self) -> str:
         return self.config.name
 
-    def warmup_shapes(self) -> list[tuple[int, ...]]:
-        raise NotImplementedError
+    @property
+    def version(self) -> int:
+        return self.config.version
 
+    @abstractmethod
+    def warmup_shapes(self) -> list[tuple[int, ...]]:
+        """Every input shape this pipeline will send to the session."""
+
+    @abstractmethod
     def preprocess(self, image: Image.Image) -> list[tuple[np.ndarray, float]]:
         """(network input, scale) for the image: the main input first, then any pyramid levels."""
-        raise NotImplementedError
+
+    def check(self, params: ParamsT) -> None:
+        """Reject parameters this model cannot honour (before any image is decoded)."""
+
+    @abstractmethod
+    def answer(self, outcome: ImageOutcome, params: ParamsT) -> AnswerT:
+        """One image's batch results -> its answer."""
 
     def warm_up(self) -> None:
         """One real inference per input shape (and bucket) before reporting ready."""
@@ -199,11 +223,13 @@ class ModelPipeline:
             return self._finish(image, started)
         return await asyncio.get_running_loop().run_in_executor(decode_pool, self._finish, image, started)
 
-    async def _one(self, upload: Upload, decode_pool: Executor, deadline: float, tag: str) -> ImageOutcome:
+    async def _one(
+        self, index: int, upload: Upload, decode_pool: Executor, deadline: float, tag: str
+    ) -> ImageOutcome:
         prepared = await self._prepare(upload.data, decode_pool)
         if not prepared.levels:
             result = await self.batcher.submit(prepared.array, deadline, tag)
-            return ImageOutcome(upload=upload, prepared=prepared, result=result)
+            return ImageOutcome(index=index, upload=upload, prepared=prepared, result=result)
         # Pyramid levels have other shapes, so they ride in other batches, at the same time.
         arrays = [prepared.array, *(array for array, _ in prepared.levels)]
         submitted = [asyncio.ensure_future(self.batcher.submit(a, deadline, tag)) for a in arrays]
@@ -213,7 +239,7 @@ class ModelPipeline:
             for future in submitted:
                 future.cancel()
             raise
-        return ImageOutcome(upload, prepared, result, level_results=tuple(level_results))
+        return ImageOutcome(index, upload, prepared, result, level_results=tuple(level_results))
 
     async def infer(
         self, uploads: Sequence[Upload], decode_pool: Executor, deadline: float, tag: str = ""
@@ -225,12 +251,16 @@ class ModelPipeline:
         self.batcher.check_room()
         if len(uploads) == 1:
             # The common case needs no task per image (cancellation reaches _one directly).
-            return [await self._one(uploads[0], decode_pool, deadline, tag)]
-        tasks = [asyncio.ensure_future(self._one(u, decode_pool, deadline, tag)) for u in uploads]
+            return [await self._one(0, uploads[0], decode_pool, deadline, tag)]
+        tasks = [
+            asyncio.ensure_future(self._one(i, u, decode_pool, deadline, tag)) for i, u in enumerate(uploads)
+        ]
         return await _first_error_or_all(tasks)
 
 
-class ClassifierPipeline(ModelPipeline):
+class ClassifierPipeline(ModelPipeline[ClassifyParams, Classification]):
+    task = Task.CLASSIFICATION
+
     def _size(self) -> tuple[int, int]:
         size = self.config.preprocess.size
         if size is None:
@@ -239,39 +269,52 @@ class ClassifierPipeline(ModelPipeline):
 
     def warmup_shapes(self) -> list[tuple[int, ...]]:
         height, width = self._size()
-        sizes = sorted({1, self.settings.max_batch_size})
+        sizes = sorted({1, self.serving.max_batch_size})
         return [(n, 3, height, width) for n in sizes]
 
     def preprocess(self, image: Image.Image) -> list[tuple[np.ndarray, float]]:
         return [(classifier_input(image, self.config.preprocess), 1.0)]
 
-    def answer(self, index: int, outcome: ImageOutcome, k: int) -> Classification:
+    def check(self, params: ClassifyParams) -> None:
+        labels = len(self.config.labels)
+        if params.top_k > labels:
+            raise InvalidParameter(
+                f"query.top_k: must be between 1 and {labels} (the number of labels of {self.name})"
+            )
+
+    def answer(self, outcome: ImageOutcome, params: ClassifyParams) -> Classification:
         logits = outcome.result.outputs[self.config.outputs[0]]
         probabilities = softmax(logits.astype(np.float64))
         labels = self.config.labels
         return Classification(
-            index=index,
+            index=outcome.index,
             filename=outcome.upload.filename,
             width=outcome.prepared.width,
             height=outcome.prepared.height,
             top_k=[
                 LabelScore(id=i, label=labels[i] if i < len(labels) else str(i), probability=p)
-                for i, p in top_k(probabilities, k)
+                for i, p in top_k(probabilities, params.top_k)
             ],
         )
 
 
-class DetectorPipeline(ModelPipeline):
+def _level_output(result: BatchResult, scale: float) -> LevelOutput:
+    boxes, scores, landmarks = (result.outputs[name].astype(np.float32) for name in DETECTOR_OUTPUTS)
+    return LevelOutput(boxes, scores, landmarks, scale)
+
+
+class DetectorPipeline(ModelPipeline[DetectParams, Detection]):
+    task = Task.FACE_DETECTION
+
     @property
     def buckets(self) -> list[tuple[int, int]]:
-        return list(self.settings.detection_buckets or self.config.size_buckets or DEFAULT_BUCKETS)
+        """Size buckets (height, width): see :mod:`service.model_settings` for their source."""
+        return list(self.serving.buckets)
 
     @property
     def pyramid(self) -> tuple[float, ...]:
-        """Pyramid levels: POLYNL_DETECTOR_PYRAMID when set, else the model's config.json."""
-        if self.settings.detector_pyramid is not None:
-            return tuple(self.settings.detector_pyramid)
-        return self.config.preprocess.pyramid
+        """Pyramid levels: the model's own ``preprocess.pyramid`` unless overridden."""
+        return self.serving.pyramid
 
     def warmup_shapes(self) -> list[tuple[int, ...]]:
         buckets = [*self.buckets]
@@ -285,29 +328,28 @@ class DetectorPipeline(ModelPipeline):
         inputs = pyramid_inputs(image, bucket, self.config.preprocess, self.pyramid)
         return [(boxed.tensor, boxed.scale) for boxed in inputs]
 
-    def answer(
-        self, index: int, outcome: ImageOutcome, score_threshold: float, nms_iou: float, max_faces: int
-    ) -> Detection:
+    def check(self, params: DetectParams) -> None:
+        if params.max_faces > self.settings.max_faces_limit:
+            raise InvalidParameter(f"query.max_faces: must be between 1 and {self.settings.max_faces_limit}")
+
+    def answer(self, outcome: ImageOutcome, params: DetectParams) -> Detection:
         prepared = outcome.prepared
         scales = [prepared.scale, *(scale for _, scale in prepared.levels)]
         boxes, scores, landmarks = merge_levels(
-            [
-                LevelOutput(
-                    boxes=result.outputs["boxes"].astype(np.float32),
-                    scores=result.outputs["scores"].astype(np.float32),
-                    landmarks=result.outputs["landmarks"].astype(np.float32),
-                    scale=scale,
-                )
-                for result, scale in zip(outcome.all_results, scales, strict=True)
-            ]
+            [_level_output(result, scale) for result, scale in zip(outcome.all_results, scales, strict=True)]
         )
         faces = select_faces(
-            boxes, scores, landmarks, score_threshold=score_threshold, nms_iou=nms_iou, max_faces=max_faces
+            boxes,
+            scores,
+            landmarks,
+            score_threshold=params.score_threshold,
+            nms_iou=params.nms_iou,
+            max_faces=params.max_faces,
         )
         # merge_levels already mapped to original pixels: only the clip to the image is left.
         faces = faces_to_original(faces, 1.0, prepared.width, prepared.height)
         return Detection(
-            index=index,
+            index=outcome.index,
             filename=outcome.upload.filename,
             width=prepared.width,
             height=prepared.height,
@@ -325,11 +367,3 @@ class DetectorPipeline(ModelPipeline):
                 for box, score, marks in zip(faces.boxes, faces.scores, faces.landmarks, strict=True)
             ],
         )
-
-
-def make_pipeline(
-    model: LoadedModel, session: ModelSession, settings: Settings, observer: BatchObserver
-) -> ModelPipeline:
-    if model.config.task == "classification":
-        return ClassifierPipeline(model, session, settings, observer)
-    return DetectorPipeline(model, session, settings, observer)

@@ -6,7 +6,7 @@ errors included. Coordinates are pixels of the original upload after EXIF orient
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -105,16 +105,30 @@ class TensorInfo(BaseModel):
 
 
 class BatchingInfo(BaseModel):
+    """The effective batching of this model version (``settings`` says where each came from)."""
+
     max_batch_size: int
     max_wait_ms: float
     queue_size: int
     request_timeout_s: float
 
 
+class SettingInfo(BaseModel):
+    value: Any
+    source: str = Field(
+        description="Where the value came from: 'POLYNL_MODELS__<NAME>__<FIELD>' (this model's "
+        "variable), 'POLYNL_<FIELD>' (the variable for every model), 'config.json' or 'default'."
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     version: int
     task: str
+    default: bool = Field(
+        description="This version answers its task's requests that name no model and no version."
+    )
+    served_versions: list[int] = Field(description="Every served version of this model, newest first.")
     block: str
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
@@ -124,6 +138,12 @@ class ModelInfo(BaseModel):
     batching: BatchingInfo
     size_buckets: list[tuple[int, int]] | None = Field(
         None, description="Detector input sizes (height, width) that images are letterboxed into."
+    )
+    pyramid: list[float] | None = Field(
+        None, description="Detector pyramid levels: extra passes at these scales (empty: one pass)."
+    )
+    settings: dict[str, SettingInfo] = Field(
+        description="Every per-model serving setting: its effective value and its source."
     )
     onnx_file: str
     onnx_sha256: str

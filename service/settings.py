@@ -2,22 +2,27 @@
 
 Sits before everything else in the data path: ``service.app`` builds one :class:`Settings`
 at start-up and hands it to the image decoder (upload and pixel limits), the runtime
-(providers, threads), the batchers (batch size, wait, queue, deadline) and the routes.
-Defaults work on a laptop; the README lists every variable.
+(providers, threads), the batchers (deadline) and the routes. Defaults work on a laptop; the
+README lists every variable.
+
+Per-model serving settings (batch size, wait, queue, detector buckets and pyramid, version
+policy) live in each model's ``config.json``; the variables here override them, for every
+model (``POLYNL_MAX_BATCH_SIZE``) or for one (``POLYNL_MODELS__<NAME>__MAX_BATCH_SIZE``, through
+pydantic-settings' nested delimiter ``__``). :mod:`service.model_settings` merges the sources.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_BUCKET = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+from polynl_core.buckets import check_buckets, parse_buckets
+from polynl_core.repository import VersionPolicy, check_pyramid
 
 
 def _split_commas(value: object) -> object:
@@ -32,10 +37,62 @@ def _split_commas(value: object) -> object:
     return value
 
 
+def _parse_buckets(value: object) -> object:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and not value.strip().startswith("["):
+        return parse_buckets(value)
+    return _split_commas(value)
+
+
+def _check_buckets(value: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+    return check_buckets(value) if value else None
+
+
+class ModelOverrides(BaseModel):
+    """One model's overrides (``POLYNL_MODELS__<NAME>__<FIELD>``); unset fields override nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = Field(default=None, ge=1, le=1024)
+    max_wait_ms: float | None = Field(default=None, ge=0.0)
+    queue_size: int | None = Field(default=None, ge=1)
+    buckets: list[tuple[int, int]] | None = Field(default=None, description="Detector only: HxW,HxW.")
+    pyramid: list[float] | None = Field(default=None, description="Detector only: '' = one pass.")
+    version_policy: VersionPolicy | None = Field(default=None, description="latest[:N] | all | 1,3")
+
+    @field_validator("buckets", mode="before")
+    @classmethod
+    def _buckets_text(cls, value: object) -> object:
+        return _parse_buckets(value)
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets_size(cls, value: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+        return _check_buckets(value)
+
+    @field_validator("pyramid", mode="before")
+    @classmethod
+    def _pyramid_text(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("pyramid")
+    @classmethod
+    def _pyramid_factors(cls, value: list[float] | None) -> list[float] | None:
+        return None if value is None else list(check_pyramid(value))
+
+    @field_validator("version_policy", mode="before")
+    @classmethod
+    def _policy_text(cls, value: object) -> object:
+        return VersionPolicy.parse(value) if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     """All service settings. Environment: ``POLYNL_<FIELD NAME IN UPPER CASE>``."""
 
-    model_config = SettingsConfigDict(env_prefix="POLYNL_", extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(
+        env_prefix="POLYNL_", env_nested_delimiter="__", extra="ignore", protected_namespaces=()
+    )
 
     # --- models and runtime -------------------------------------------------------------
     model_repository: Path = Field(default=Path("model_repository"), description="Model repository folder.")
@@ -60,14 +117,23 @@ class Settings(BaseSettings):
     cuda_arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kSameAsRequested"
     verify_checksums: bool = Field(default=True, description="Check each ONNX file's sha256 at start-up.")
 
-    # --- batching -----------------------------------------------------------------------
-    max_batch_size: int = Field(default=8, ge=1, le=1024)
-    max_wait_ms: float = Field(default=5.0, ge=0.0, description="Longest wait for a batch to fill.")
-    queue_size: int = Field(
-        default=128,
+    # --- batching: per model in config.json; these override it for every model ------------
+    max_batch_size: int | None = Field(
+        default=None, ge=1, le=1024, description="Largest batch; default: each model's config.json."
+    )
+    max_wait_ms: float | None = Field(
+        default=None, ge=0.0, description="Longest wait for a batch to fill; default: config.json."
+    )
+    queue_size: int | None = Field(
+        default=None,
         ge=1,
         description="Queued network inputs per model before 503: images, each detector pyramid "
-        "level counting as one.",
+        "level counting as one; default: config.json.",
+    )
+    models: dict[str, ModelOverrides] = Field(
+        default_factory=dict,
+        description="Per-model overrides, e.g. POLYNL_MODELS__FACE_DETECTOR__MAX_BATCH_SIZE=2 "
+        "(or POLYNL_MODELS as JSON); they beat the variables for every model.",
     )
     request_timeout_s: float = Field(
         default=10.0, gt=0.0, description="Deadline per request (queue + inference)."
@@ -103,7 +169,7 @@ class Settings(BaseSettings):
     detector_pyramid: Annotated[list[float] | None, NoDecode] = Field(
         default=None,
         description="Extra detector passes on smaller copies of each image, as scale factors, "
-        "e.g. '0.5,0.25': faces too large for one pass are found on them (service/pyramid.py). "
+        "e.g. '0.5,0.25': faces too large for one pass are found on them (polynl_core/pyramid.py). "
         "Empty ('') = one pass per image. Default: the model's config.json (preprocess.pyramid; "
         "the shipped WIDER FACE detector uses one pass).",
     )
@@ -123,6 +189,12 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(default=None, description="Bearer token required when set.")
     protect_metrics: bool = Field(default=False, description="Require the API key for /metrics too.")
 
+    @field_validator("max_batch_size", "max_wait_ms", "queue_size", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose files pass ${POLYNL_MAX_BATCH_SIZE:-}: empty means "each model's own value".
+        return None if value == "" else value
+
     @field_validator("providers", mode="before")
     @classmethod
     def _parse_providers(cls, value: object) -> object:
@@ -141,40 +213,23 @@ class Settings(BaseSettings):
     @field_validator("detector_pyramid")
     @classmethod
     def _pyramid_factors(cls, value: list[float] | None) -> list[float] | None:
-        if value is None:
-            return None
-        if any(not 0.0 < factor < 1.0 for factor in value):
-            raise ValueError("detector pyramid factors must be between 0 and 1 (exclusive), e.g. 0.5,0.25")
-        return sorted(value, reverse=True)
+        return None if value is None else list(check_pyramid(value))
 
     @field_validator("detection_buckets", mode="before")
     @classmethod
-    def _parse_buckets(cls, value: object) -> object:
-        if value is None or value == "":
-            return None
-        if isinstance(value, str) and not value.strip().startswith("["):
-            buckets = []
-            for part in value.split(","):
-                match = _BUCKET.match(part)
-                if match is None:
-                    raise ValueError(f"bucket {part!r} is not HxW, e.g. 640x640")
-                buckets.append((int(match.group(1)), int(match.group(2))))
-            return buckets
-        return _split_commas(value)
+    def _buckets_text(cls, value: object) -> object:
+        return _parse_buckets(value)
 
     @field_validator("detection_buckets")
     @classmethod
-    def _positive_buckets(cls, value: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
-        if value is not None:
-            if not value:
-                return None
-            if any(h < 32 or w < 32 for h, w in value):
-                raise ValueError("detection buckets must be at least 32x32")
-        return value
+    def _buckets_size(cls, value: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+        return _check_buckets(value)
 
-    @property
-    def max_wait_s(self) -> float:
-        return self.max_wait_ms / 1000.0
+    @field_validator("models", mode="before")
+    @classmethod
+    def _lower_case_names(cls, value: object) -> object:
+        # Variable names are case-insensitive; folder names of the repository are lower case.
+        return {str(k).lower(): v for k, v in value.items()} if isinstance(value, dict) else value
 
     @property
     def worker_count(self) -> int:

@@ -4,7 +4,7 @@
 built with the real export (``python -m export``) from the shipped weights in
 ``models/weights/`` when they exist, otherwise from seeded random-init checkpoints, and
 cached under ``.pytest_cache`` (keyed by the weights, or by the model code for random
-weights, plus ``service/repository.py``), so only the first run pays the export;
+weights, plus ``polynl_core/repository.py``), so only the first run pays the export;
 ``pytest --cache-clear`` rebuilds it. Set ``POLYNL_TEST_MODEL_REPOSITORY`` to use a
 prebuilt repository instead.
 
@@ -147,14 +147,16 @@ def model_repository(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     if checkpoints is not None:
         # Keyed by the weights and the repository contract only: re-exporting on every edit
         # of export/ would cost a minute per test run; CI starts from an empty cache anyway.
-        repository = cache / f"shipped-{_digest([*checkpoints.values(), ROOT / 'service' / 'repository.py'])}"
+        repository = (
+            cache / f"shipped-{_digest([*checkpoints.values(), ROOT / 'polynl_core' / 'repository.py'])}"
+        )
     else:
         # Random weights are a function of the model code (seeded): key by that code, so a
         # cached repository is found without importing torch.
         code = [
             ROOT / "models" / "resnet.py",
             ROOT / "models" / "blocks.py",
-            ROOT / "service" / "repository.py",
+            ROOT / "polynl_core" / "repository.py",
         ]
         code += sorted((ROOT / "models" / "retinaface").glob("*.py"))
         repository = cache / f"random-{_digest(code)}"

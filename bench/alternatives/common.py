@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.images import decode_image
-from service.postprocess import faces_to_original, select_faces, softmax, top_k
-from service.preprocess import choose_bucket, classifier_input, letterbox
-from service.repository import LoadedModel, load_repository
+from polynl_core.buckets import choose_bucket
+from polynl_core.images import decode_image
+from polynl_core.postprocess import faces_to_original, select_faces, softmax, top_k
+from polynl_core.preprocess import classifier_input, letterbox
+from polynl_core.repository import LoadedModel, load_repository
 from service.runtime import session_options
 from service.settings import Settings
 

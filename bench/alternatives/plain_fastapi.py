@@ -21,8 +21,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
 from bench.alternatives.common import Classifier, Detector, repository_path
-from service.errors import ServiceError
-from service.repository import load_repository
+from polynl_core.images import ImageError
+from polynl_core.repository import load_repository
 
 
 @asynccontextmanager
@@ -63,7 +63,7 @@ async def classify(request: Request, top_k: int = 5) -> dict[str, Any]:
     data = await _image_bytes(request)
     try:
         result = await run_in_threadpool(_classify, request.app.state.classifier, data, top_k)
-    except ServiceError as exc:  # not an image, corrupt, too large: the client's fault
+    except ImageError as exc:  # not an image, corrupt, too large: the client's fault
         raise HTTPException(400, str(exc)) from exc
     return {"results": [result]}
 
@@ -73,7 +73,7 @@ async def detect_faces(request: Request) -> dict[str, Any]:
     data = await _image_bytes(request)
     try:
         result = await run_in_threadpool(_detect, request.app.state.detector, data)
-    except ServiceError as exc:
+    except ImageError as exc:
         raise HTTPException(400, str(exc)) from exc
     return {"results": [result]}
 

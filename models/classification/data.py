@@ -1,7 +1,7 @@
 """Classification data: an ImageFolder-style tree (``root/<class>/<image>``), or a .tar.gz of one.
 
 The whole set is decoded once into a uint8 array (N, H, W, 3) at the model's input size,
-using the served transform (:func:`service.preprocess.classifier_input` geometry: shorter
+using the served transform (:func:`polynl_core.preprocess.classifier_input` geometry: shorter
 side to the size, centre crop) and cached as ``.npz`` next to the run, so epochs cost no
 JPEG decoding. CIFAR-10 (50,000 images of 32x32) takes 150 MB this way.
 """
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-log = logging.getLogger(__name__)
+from polynl_core.images import IMAGE_SUFFIXES, read_rgb
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,8 +75,8 @@ def read_image_folder(root: Path, size: tuple[int, int], classes: list[str] | No
         for file in sorted(folder.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            with Image.open(file) as image:
-                images.append(fit_to_size(image, size))
+            # Decoded as the service decodes an upload (alpha on white, 16-bit, EXIF).
+            images.append(fit_to_size(read_rgb(file), size))
             labels.append(index)
     if not images:
         raise ValueError(f"no images found under {root}")

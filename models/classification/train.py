@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("training on %s", device)
 
     config = model_config(args, len(train_set.classes))
-    model = ResNet(config).to(device=device, memory_format=torch.channels_last)
+    # torch's stubs omit the memory_format keyword of Module.to.
+    model = ResNet(config).to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD(

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from polynl_core.images import read_rgb
+
 MEAN_RGB = (123.0 / 255.0, 117.0 / 255.0, 104.0 / 255.0)
 STD_RGB = (1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)
 PREPROCESS: dict[str, Any] = {
@@ -52,8 +54,9 @@ class Sample:
 
 
 def _load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    """Decoded as the service decodes an upload (polynl_core.images), so training, evaluation
+    and serving see the same pixels of a file."""
+    return np.asarray(read_rgb(path), dtype=np.uint8)
 
 
 def _sample(path: Path, boxes: list[list[float]], landmarks: list[list[float]]) -> Sample:
@@ -266,7 +269,7 @@ class Augmented:
 
 
 def normalise(image: np.ndarray) -> torch.Tensor:
-    """HWC uint8 RGB -> CHW float ``(rgb / 255 - mean) / std`` (as service.preprocess.normalize)."""
+    """HWC uint8 RGB -> CHW float ``(rgb / 255 - mean) / std`` (as polynl_core.preprocess.normalize)."""
     mean = torch.tensor(MEAN_RGB).view(3, 1, 1)
     std = torch.tensor(STD_RGB).view(3, 1, 1)
     tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0

@@ -35,10 +35,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import Checkpoint, file_sha256, load_model, save_checkpoint
+from models.checkpoint import Checkpoint, load_model, save_checkpoint
 from models.retinaface.data import PREPROCESS, to_training_batch
 from models.retinaface.net import RetinaFace
 from models.retinaface.synth import SynthConfig, SyntheticFaces
+from polynl_core.repository import sha256_of
 
 STATE_FILE = "last.pt"
 
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         **meta.training,
         "distilled": {
             "teacher": str(args.teacher),
-            "teacher_sha256": file_sha256(args.teacher),
+            "teacher_sha256": sha256_of(args.teacher),
             "trained": "context.* only",
             "steps": args.steps,
             "batch_size": args.batch_size,

@@ -166,7 +166,7 @@ def _check_attributes(conv: FoldedConv, module: nn.Conv2d) -> None:
     ours = {
         "kernel_shape": list(module.kernel_size),
         "strides": list(module.stride),
-        "pads": [int(p) for p in module.padding] * 2,  # type: ignore[union-attr]
+        "pads": [int(p) for p in module.padding] * 2,
         "group": module.groups,
     }
     theirs = {"strides": [1, 1], "pads": [0, 0, 0, 0], **conv.attributes}

@@ -4,7 +4,7 @@ Data path: this is the module the export turns into ONNX. ``forward(images)`` ru
 network, generates the priors inside the graph from the input's height and width (so the
 ONNX model takes a dynamic batch, height and width), decodes with the RetinaFace codec and
 applies the softmax. Thresholding and NMS happen afterwards in the service
-(``service.postprocess.select_faces``), on every prior's prediction.
+(``polynl_core.postprocess.select_faces``), on every prior's prediction.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from torch import nn
 from models.retinaface.codec import decode_boxes, decode_landmarks
 from models.retinaface.net import RetinaFace
 from models.retinaface.priors import priors_for
-
-OUTPUT_NAMES = ("boxes", "scores", "landmarks")
 
 
 class DecodedRetinaFace(nn.Module):

@@ -69,7 +69,7 @@ def box_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
 
 # Pyramid levels a detector trained on these composites is served with (config.json's
 # preprocess.pyramid): its faces are at most ~0.85 x the training size, so larger faces are
-# looked for on 1/2 and 1/4 copies (service/pyramid.py).
+# looked for on 1/2 and 1/4 copies (polynl_core/pyramid.py).
 SYNTH_PYRAMID = (0.5, 0.25)
 
 

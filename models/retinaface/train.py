@@ -275,7 +275,7 @@ def deployable(
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         labels=["face"],
         # Synthetic composites hold faces up to ~217 px: such a model needs the pyramid's smaller
-        # copies for larger faces (service/pyramid.py); real-photo training data covers them.
+        # copies for larger faces (polynl_core/pyramid.py); real-photo training data covers them.
         preprocess={**PREPROCESS, "pyramid": list(SYNTH_PYRAMID)}
         if args.data == "synth"
         else dict(PREPROCESS),

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from service.dependencies import StateDep, require_api_key
-from service.errors import InvalidParameter
-from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, run_pipeline
+from service.pipelines import ClassifyParams
+from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ModelQuery, VersionQuery, run_pipeline
 from service.routes.timing import timing_of
 from service.schemas import ClassifyResponse, ModelRef
 
@@ -30,15 +30,16 @@ async def classify(
     top_k: Annotated[
         int, Query(ge=1, le=MAX_TOP_K, description="Labels per image (at most the label count).")
     ] = 5,
+    model: ModelQuery = None,
+    version: VersionQuery = None,
 ) -> ClassifyResponse:
-    pipeline = state.classifier()
-    labels = len(pipeline.config.labels)
-    if top_k > labels:
-        raise InvalidParameter(f"query.top_k: must be between 1 and {labels} (the number of labels)")
+    pipeline = state.classifier(model, version)
+    params = ClassifyParams(top_k=top_k)
+    pipeline.check(params)
     outcomes, started = await run_pipeline(request, state, pipeline)
     # Softmax and top-k over one row of logits take microseconds: cheaper here than a hop
     # to a thread and back (detection's NMS, heavier, goes to the decode pool).
-    results = [pipeline.answer(i, outcome, top_k) for i, outcome in enumerate(outcomes)]
+    results = [pipeline.answer(outcome, params) for outcome in outcomes]
     return ClassifyResponse(
         model=ModelRef(name=pipeline.name, version=pipeline.config.version),
         results=results,

@@ -20,7 +20,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
-from service.errors import ServiceError
+from service.errors import NotFound
 from service.schemas import ErrorResponse
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
@@ -50,11 +50,6 @@ PAGE_HEADERS = {
 }
 
 router = APIRouter(tags=["demo"])
-
-
-class NotFound(ServiceError):
-    status_code = 404
-    code = "not_found"
 
 
 class Sample(BaseModel):

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from service.dependencies import StateDep, require_api_key
-from service.errors import InvalidParameter
-from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, run_pipeline
+from service.pipelines import DetectParams
+from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ModelQuery, VersionQuery, run_pipeline
 from service.routes.timing import timing_of
 from service.schemas import DetectResponse, ModelRef
 
@@ -31,18 +31,16 @@ async def detect_faces(
     score_threshold: Annotated[float, Query(ge=0.0, le=1.0, description="Minimum face score.")] = 0.5,
     nms_iou: Annotated[float, Query(ge=0.0, le=1.0, description="IoU above which NMS drops a box.")] = 0.4,
     max_faces: Annotated[int, Query(ge=1, le=MAX_FACES, description="Most faces returned per image.")] = 100,
+    model: ModelQuery = None,
+    version: VersionQuery = None,
 ) -> DetectResponse:
-    pipeline = state.detector()
-    if max_faces > state.settings.max_faces_limit:
-        raise InvalidParameter(f"query.max_faces: must be between 1 and {state.settings.max_faces_limit}")
+    pipeline = state.detector(model, version)
+    params = DetectParams(score_threshold=score_threshold, nms_iou=nms_iou, max_faces=max_faces)
+    pipeline.check(params)
     outcomes, started = await run_pipeline(request, state, pipeline)
     # NMS runs in the decode pool too: the event loop only moves bytes.
     results = await asyncio.get_running_loop().run_in_executor(
-        state.decode_pool,
-        lambda: [
-            pipeline.answer(i, outcome, score_threshold, nms_iou, max_faces)
-            for i, outcome in enumerate(outcomes)
-        ],
+        state.decode_pool, lambda: [pipeline.answer(outcome, params) for outcome in outcomes]
     )
     return DetectResponse(
         model=ModelRef(name=pipeline.name, version=pipeline.config.version),

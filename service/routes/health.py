@@ -26,7 +26,7 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> JSONResponse:
     state = getattr(request.app.state, "service", None)
-    models = {name: p.ready for name, p in state.pipelines.items()} if isinstance(state, ServiceState) else {}
+    models = {p.label: p.ready for p in state.models} if isinstance(state, ServiceState) else {}
     ready = isinstance(state, ServiceState) and state.ready and state.accepting and all(models.values())
     body = Readiness(status="ready" if ready else "not_ready", models=models)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

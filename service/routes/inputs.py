@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Request
+from fastapi import Query, Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,10 +25,11 @@ from service.errors import (
     MissingImage,
     TooManyImages,
     UnexpectedField,
-    UnsupportedImage,
+    UnsupportedMediaType,
     request_id_of,
 )
-from service.pipelines import ImageOutcome, ModelPipeline, Upload
+from service.pipelines import ImageOutcome, Upload
+from service.registry import AnyPipeline
 from service.schemas import ErrorResponse
 from service.settings import Settings
 from service.state import ServiceState
@@ -36,6 +37,19 @@ from service.state import ServiceState
 T = TypeVar("T")
 
 FILE_FIELDS = ("file", "files")
+
+# Which served model answers: the task's default model and its newest served version unless named.
+ModelQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=128,
+        description="Model name (a folder of the model repository); default: the task's default model.",
+    ),
+]
+VersionQuery = Annotated[
+    int | None, Query(ge=1, description="Model version; default: the newest served version.")
+]
 
 
 def multipart_schema(max_images: int | None = None) -> dict[str, Any]:
@@ -83,6 +97,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "No usable image in the request (empty body, missing or unknown field, malformed).",
         401: "Missing or wrong API key (only when one is configured).",
+        404: "No served model of this task by the given name, or no such served version.",
         413: "Upload over max_upload_bytes, or image over max_image_pixels.",
         415: "Not an image format the service decodes, or a non-image content type.",
         422: "Query value out of range, or a corrupt/truncated image.",
@@ -133,9 +148,9 @@ async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
         if not body:
             raise EmptyBody("the request has no body; send an image")
         if not media_type:
-            raise UnsupportedImage("send a Content-Type: multipart/form-data or image/*")
+            raise UnsupportedMediaType("send a Content-Type: multipart/form-data or image/*")
         return [Upload(body, None, media_type)]
-    raise UnsupportedImage(
+    raise UnsupportedMediaType(
         f"content type {media_type[:64]!r} is not accepted; send multipart/form-data or an image/* body"
     )
 
@@ -168,7 +183,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 async def run_pipeline(
-    request: Request, state: ServiceState, pipeline: ModelPipeline
+    request: Request, state: ServiceState, pipeline: AnyPipeline
 ) -> tuple[list[ImageOutcome], float]:
     """Read the request's images and run them through ``pipeline``: (outcomes, start time).
 
@@ -177,7 +192,7 @@ async def run_pipeline(
     uploads = await read_uploads(request, state.settings)
     started = time.perf_counter()
     deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
-    state.metrics.images.labels(pipeline.name).inc(len(uploads))
+    state.metrics.images.labels(pipeline.label).inc(len(uploads))
     outcomes = await unless_disconnected(
         request, pipeline.infer(uploads, state.decode_pool, deadline, request_id_of(request))
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -16,15 +17,27 @@ from conftest import run_export_cli
 from PIL import Image
 
 from export import __main__ as cli
+from export import graph_check
+from export.graph_check import GraphCheckError
 from export.pipeline import DEFAULT_CHECKPOINTS, PROJECT_ROOT
-from models.checkpoint import Checkpoint, file_sha256, load_model, save_checkpoint
+from models.checkpoint import Checkpoint, load_model, save_checkpoint
 from models.resnet import cifar_resnet
 from models.retinaface.inference import DecodedRetinaFace
 from models.retinaface.net import RetinaFace, RetinaFaceConfig
 from models.retinaface.priors import num_priors
-from service.postprocess import select_faces
-from service.preprocess import classifier_input, letterbox
-from service.repository import Preprocess, load_repository
+from polynl_core.postprocess import select_faces
+from polynl_core.preprocess import classifier_input, letterbox
+from polynl_core.repository import (
+    DEFAULT_BATCHING,
+    Batching,
+    Preprocess,
+    VersionPolicy,
+    load_repository,
+    load_served_models,
+    load_version,
+    sha256_of,
+)
+from polynl_core.tasks import Task
 
 CIFAR_PREPROCESS = {
     "resize": "shorter_side_center_crop",
@@ -110,7 +123,7 @@ def test_export_of_user_checkpoints_writes_a_repository_the_service_loader_reads
     assert classifier.preprocess == Preprocess.model_validate(CIFAR_PREPROCESS)
     assert classifier.opset == 17
     assert classifier.block == "polynl"
-    assert classifier.source_checkpoint_sha256 == file_sha256(checkpoints["classifier"])
+    assert classifier.source_checkpoint_sha256 == sha256_of(checkpoints["classifier"])
     assert f"torch {torch.__version__}" in classifier.exporter_version
     detector = models["face_detector"].config
     assert detector.task == "face_detection"
@@ -118,7 +131,7 @@ def test_export_of_user_checkpoints_writes_a_repository_the_service_loader_reads
     assert detector.preprocess.resize == "letterbox"
     assert detector.size_buckets == [(320, 320), (480, 640), (250, 333)]
     assert detector.priors is not None and detector.priors.steps == [8, 16, 32]
-    assert detector.source_checkpoint_sha256 == file_sha256(checkpoints["face_detector"])
+    assert detector.source_checkpoint_sha256 == sha256_of(checkpoints["face_detector"])
     assert not list(out.glob("*/.staging-*"))
 
 
@@ -216,8 +229,13 @@ def test_triton_config_pbtxt_parses_as_a_triton_model_config(exported):
         config = text_format.Parse((out / name / "config.pbtxt").read_text(), pb2.ModelConfig())
         assert config.name == name
         assert config.backend == "onnxruntime"
-        assert config.max_batch_size == 32
-        assert config.HasField("dynamic_batching")
+        # The same per-model values as config.json's batching section, which the service reads.
+        batching = load_repository(out)[name].config.batching
+        assert batching is not None
+        assert config.max_batch_size == batching.max_batch_size
+        assert config.dynamic_batching.max_queue_delay_microseconds == round(batching.max_wait_ms * 1000)
+        assert config.dynamic_batching.default_queue_policy.max_queue_size == batching.queue_size
+        assert config.version_policy.latest.num_versions == 1
         assert [(i.name, list(i.dims), i.data_type) for i in config.input] == [
             ("images", input_dims, pb2.TYPE_FP32)
         ]
@@ -265,7 +283,17 @@ def test_nonlocal_model_fails_the_graph_check_and_publishes_nothing(tmp_path, ca
 
 def test_a_new_version_is_published_beside_the_old_and_loaded(tmp_path, checkpoints, capsys):
     out = tmp_path / "repo"
-    for version in ("1", "2"):
+    serving = [
+        "--max-batch-size",
+        "16",
+        "--max-wait-ms",
+        "3",
+        "--queue-size",
+        "40",
+        "--version-policy",
+        "all",
+    ]
+    for version, extra in (("1", []), ("2", serving)):
         args = [
             "--classifier-checkpoint",
             str(checkpoints["classifier"]),
@@ -274,9 +302,42 @@ def test_a_new_version_is_published_beside_the_old_and_loaded(tmp_path, checkpoi
             "--version",
             version,
         ]
-        assert cli.main(args) == 0, capsys.readouterr().err
+        assert cli.main([*args, *extra]) == 0, capsys.readouterr().err
     assert (out / "classifier" / "1" / "model.onnx").is_file()
-    assert load_repository(out)["classifier"].config.version == 2
+    newest = load_repository(out)["classifier"].config
+    assert newest.version == 2
+    # The serving options land in config.json and, the same values, in config.pbtxt.
+    assert newest.batching == Batching(max_batch_size=16, max_wait_ms=3.0, queue_size=40)
+    assert newest.version_policy == VersionPolicy.parse("all")
+    assert [m.version for m in load_served_models(out)] == [2, 1]
+    pbtxt = (out / "classifier" / "config.pbtxt").read_text()
+    assert "max_batch_size: 16" in pbtxt and "max_queue_delay_microseconds: 3000" in pbtxt
+    assert "max_queue_size: 40" in pbtxt and "version_policy: { all: {} }" in pbtxt
+    # Version 1 was written with the task's defaults.
+    assert load_version(out / "classifier", 1).config.batching == DEFAULT_BATCHING[Task.CLASSIFICATION]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        GraphCheckError("input images has rank 3, not 4"),
+        onnx.checker.ValidationError("bad graph\nsecond line"),
+    ],
+)
+def test_graph_checker_errors_are_one_line_cli_errors(tmp_path, checkpoints, capsys, monkeypatch, error):
+    def broken(*_: object) -> None:
+        raise error
+
+    monkeypatch.setattr(graph_check, "check_graph", broken)
+    out = tmp_path / "repo"
+    code = cli.main(
+        ["--only", "classifier", "--classifier-checkpoint", str(checkpoints["classifier"]), "--out", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("error: classifier: graph check: ")
+    assert "Traceback" not in err
+    assert not (out / "classifier" / "1").exists()
 
 
 def test_shipped_classifier_weights_export_and_pass_every_check(tmp_path, capsys):
@@ -285,7 +346,7 @@ def test_shipped_classifier_weights_export_and_pass_every_check(tmp_path, capsys
         pytest.skip(f"{shipped} is not there yet")
     assert cli.main(["--only", "classifier", "--out", str(tmp_path / "repo")]) == 0, capsys.readouterr().err
     config = load_repository(tmp_path / "repo")["classifier"].config
-    assert config.source_checkpoint_sha256 == file_sha256(shipped)
+    assert config.source_checkpoint_sha256 == sha256_of(shipped)
 
 
 @pytest.mark.slow

@@ -90,7 +90,9 @@ def test_deep_fuzzing_finds_no_5xx_or_schema_violation(fuzz_server: ServerHandle
 # --- what the fuzzer found, pinned: the schema states the limits the server enforces --------
 def test_schema_states_the_limits_of_the_loaded_models_and_settings(fuzz_server: ServerHandle) -> None:
     schema = httpx.get(f"{fuzz_server.url}/openapi.json", timeout=30).json()
-    (top_k,) = schema["paths"]["/classify"]["post"]["parameters"]
+    parameters = {p["name"]: p for p in schema["paths"]["/classify"]["post"]["parameters"]}
+    assert set(parameters) == {"top_k", "model", "version"}
+    top_k = parameters["top_k"]
     assert top_k["schema"]["maximum"] == 10  # the classifier's label count, not a static 1000
     body = schema["paths"]["/detect-faces"]["post"]["requestBody"]["content"]["multipart/form-data"]
     several = body["schema"]["anyOf"][1]["properties"]["files"]

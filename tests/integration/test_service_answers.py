@@ -74,7 +74,7 @@ def test_detector_finds_every_face_of_the_group_photo_and_nothing_else(
 ) -> None:  # type: ignore[no-untyped-def]
     # The export's default buckets (the test repository has only 320x320 and 480x640, where this
     # 500 px photo would be scaled down to 480 px).
-    from export.pipeline import DEFAULT_BUCKETS
+    from polynl_core.buckets import DEFAULT_BUCKETS
 
     buckets = ",".join(f"{h}x{w}" for h, w in DEFAULT_BUCKETS)
     with start_server({"POLYNL_DETECTION_BUCKETS": buckets}).client() as default_buckets:
@@ -104,7 +104,8 @@ def test_served_detections_equal_the_evaluation_of_the_same_files(
     """POST /detect-faces and ``models.evaluate``'s ONNX detector in served mode agree."""
     if repository_is_random(model_repository):
         pytest.skip("random-init weights: answers are not meaningful")
-    from models.evaluate import FaceSelection, OnnxFaceDetector, load_rgb
+    from models.evaluate import FaceSelection, OnnxFaceDetector
+    from polynl_core.images import read_rgb
 
     levels = tuple(float(f) for f in pyramid.split(",") if f)
     evaluation = OnnxFaceDetector(
@@ -121,7 +122,7 @@ def test_served_detections_equal_the_evaluation_of_the_same_files(
             )
             assert response.status_code == 200, response.text
             faces = response.json()["results"][0]["faces"]
-            expected = evaluation(np.asarray(load_rgb(path)))
+            expected = evaluation(np.asarray(read_rgb(path)))
             assert len(faces) == len(expected.scores), path.name
             boxes = np.asarray([face["box"] for face in faces], dtype=np.float64).reshape(-1, 4)
             scores = np.asarray([face["score"] for face in faces])

@@ -20,11 +20,12 @@ import pytest
 from conftest import SAMPLES, ServerHandle, repository_is_random
 from PIL import Image
 
-from service.images import decode_image
-from service.postprocess import box_iou, faces_to_original, select_faces, softmax
-from service.preprocess import choose_bucket, classifier_input
-from service.pyramid import DEFAULT_LEVELS, detect_levels, pyramid_inputs
-from service.repository import load_repository
+from polynl_core.buckets import choose_bucket
+from polynl_core.images import decode_image
+from polynl_core.postprocess import box_iou, faces_to_original, select_faces, softmax
+from polynl_core.preprocess import classifier_input
+from polynl_core.pyramid import DEFAULT_LEVELS, detect_levels, pyramid_inputs
+from polynl_core.repository import load_repository
 
 CAT = SAMPLES / "cat.jpg"
 FACE = SAMPLES / "face_astronaut.jpg"
@@ -304,10 +305,19 @@ def test_models_lists_providers_in_use_batching_and_file_checksums(
         assert info["onnx_sha256"] == hashlib.sha256(onnx_file.read_bytes()).hexdigest()
         # The default asks for CUDA first; this machine has no GPU, so CPU is what runs.
         assert info["providers"][-1] == "CPUExecutionProvider"
-        assert info["batching"]["max_batch_size"] == 8
+        # Each model's own batching from its config.json, and where each setting came from.
+        config = json.loads((model_repository / name / "1" / "config.json").read_text())
+        assert info["batching"]["max_batch_size"] == config["batching"]["max_batch_size"]
+        assert info["settings"]["max_batch_size"] == {
+            "value": config["batching"]["max_batch_size"],
+            "source": "config.json",
+        }
+        assert info["default"] is True and info["served_versions"] == [1]
         assert info["inputs"][0]["name"] == "images"
         assert info["ready"] is True
     assert models["face_detector"]["size_buckets"] == [[320, 320], [480, 640]]
+    assert models["face_detector"]["settings"]["buckets"]["source"] == "config.json"
+    assert models["classifier"]["batching"] != models["face_detector"]["batching"]
     assert len(models["classifier"]["labels"]) == 10
 
 

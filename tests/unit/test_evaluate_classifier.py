@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from models.checkpoint import Checkpoint, build_model, load_model, save_checkpoint
-from models.evaluate import load_rgb, main
-from service.preprocess import classifier_input
-from service.repository import Preprocess
+from models.evaluate import main
+from polynl_core.images import read_rgb
+from polynl_core.preprocess import classifier_input
+from polynl_core.repository import Preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"
@@ -68,7 +69,7 @@ def _expected_top1(checkpoint: Path, folder: Path) -> float:
     preprocess = Preprocess.model_validate(PREPROCESS)
     hits = []
     for file in sorted(folder.rglob("*.*")):
-        x = torch.from_numpy(classifier_input(load_rgb(file), preprocess))[None]
+        x = torch.from_numpy(classifier_input(read_rgb(file), preprocess))[None]
         with torch.inference_mode():
             hits.append(int(model(x).argmax()) == CLASSES.index(file.parent.name))
     return float(np.mean(hits))

@@ -1,4 +1,4 @@
-"""service.pyramid: which smaller copies are made, and which boxes each level answers for."""
+"""polynl_core.pyramid: which smaller copies are made, and which boxes each level answers for."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.pyramid import MAX_FACE, MIN_FACE, LevelOutput, level_bucket, merge_levels, pyramid_inputs
-from service.repository import Preprocess
+from polynl_core.pyramid import MAX_FACE, MIN_FACE, LevelOutput, level_bucket, merge_levels, pyramid_inputs
+from polynl_core.repository import Preprocess
 
 PREPROCESS = Preprocess(resize="letterbox", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 

@@ -1,5 +1,5 @@
 """Cheap refusals stay cheap: slivers do not explode in preprocessing; a full queue refuses
-before any decode (service/preprocess.py, service/batching.py)."""
+before any decode (polynl_core/preprocess.py, service/batching.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from polynl_core.preprocess import classifier_input
+from polynl_core.repository import Preprocess
 from service.batching import Batcher
 from service.errors import NotReady, ServiceOverloaded
-from service.preprocess import classifier_input
-from service.repository import Preprocess
 
 CIFAR = Preprocess(
     resize="shorter_side_center_crop", size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)

@@ -1,7 +1,7 @@
 """Detector outputs in bucket pixels map back to the original image exactly.
 
 A known face box drawn in the original image is letterboxed with the one preprocessing
-function (``service.preprocess.letterbox``); the box in bucket pixels is where the scaled
+function (``polynl_core.preprocess.letterbox``); the box in bucket pixels is where the scaled
 image puts it; ``faces_to_original`` must give the drawn box back.
 """
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.postprocess import Faces, faces_to_original
-from service.preprocess import choose_bucket, letterbox
-from service.repository import Preprocess
+from polynl_core.buckets import choose_bucket
+from polynl_core.postprocess import Faces, faces_to_original
+from polynl_core.preprocess import letterbox
+from polynl_core.repository import Preprocess
 
 PREPROCESS = Preprocess(resize="letterbox", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 BUCKETS = [(320, 320), (480, 640), (640, 480), (640, 640)]

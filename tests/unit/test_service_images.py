@@ -1,4 +1,4 @@
-"""Upload bytes -> RGB (service/images.py): conversions, orientation, limits, errors."""
+"""Upload bytes -> RGB (polynl_core/images.py): conversions, orientation, limits, errors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import CorruptImage, EmptyBody, ImageTooLarge, UnsupportedImage
-from service.images import decode_image
+from polynl_core.images import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImage, decode_image
 
 LIMIT = 40_000_000
 
@@ -94,7 +93,7 @@ def test_plain_text_is_unsupported() -> None:
 
 
 def test_zero_bytes_are_an_empty_body() -> None:
-    with pytest.raises(EmptyBody):
+    with pytest.raises(EmptyImage):
         decode_image(b"", LIMIT)
 
 

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from polynl_core.pyramid import level_bucket
+from polynl_core.repository import load_repository
 from service.metrics import Metrics
-from service.pipelines import DetectorPipeline, make_pipeline
-from service.pyramid import level_bucket
-from service.repository import load_repository
+from service.model_settings import serving_settings
+from service.pipelines import DetectorPipeline
+from service.registry import make_pipeline
 from service.runtime import create_session, requested_providers
 from service.settings import Settings
 
@@ -48,7 +50,8 @@ def test_detection_buckets_come_from_config_unless_overridden(
     model = load_repository(model_repository)["face_detector"]
     settings = cpu_settings(detection_buckets=override)
     session = create_session("face_detector", model.onnx_path, settings)
-    pipeline = make_pipeline(model, session, settings, Metrics().observer("face_detector"))
+    serving = serving_settings(model.config, settings)
+    pipeline = make_pipeline(model, session, settings, serving, Metrics().observer("face_detector"))
     assert isinstance(pipeline, DetectorPipeline)
     assert pipeline.buckets == (expected or [tuple(b) for b in model.config.size_buckets or []])
     # One warm-up per bucket, then per smaller bucket of the pyramid levels (each shape once).
@@ -64,7 +67,8 @@ def test_detector_pyramid_comes_from_config_unless_overridden(
     model = load_repository(model_repository)["face_detector"]
     settings = cpu_settings(detector_pyramid=override)
     session = create_session("face_detector", model.onnx_path, settings)
-    pipeline = make_pipeline(model, session, settings, Metrics().observer("face_detector"))
+    serving = serving_settings(model.config, settings)
+    pipeline = make_pipeline(model, session, settings, serving, Metrics().observer("face_detector"))
     assert isinstance(pipeline, DetectorPipeline)
     expected = model.config.preprocess.pyramid if from_config else tuple(sorted(override or [], reverse=True))
     assert pipeline.pyramid == expected

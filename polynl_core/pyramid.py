@@ -11,10 +11,10 @@ below :data:`MAX_FACE` (256, the training size) except on the last level, and fr
 at one level is 64-128 px at the next), so no size falls between levels, and small boxes,
 where false positives live, come from the full-resolution pass only. The candidates of all
 levels, in original-image pixels, then go through the one threshold + NMS
-(:func:`service.postprocess.select_faces`).
+(:func:`polynl_core.postprocess.select_faces`).
 
-Pure NumPy + Pillow; the service (:mod:`service.pipelines`) and the evaluation
-(:mod:`models.evaluate`) both build their inputs and merge their outputs here.
+Pure NumPy + Pillow; the service (:mod:`service.pipelines`), the evaluation
+(:mod:`models.evaluate`) and the benchmarks build their inputs and merge their outputs here.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service.preprocess import Letterbox, Preprocess, fit_into, pad_into
+from polynl_core.buckets import MIN_SIDE as _MIN_SIDE
+from polynl_core.preprocess import Letterbox, fit_into, pad_into
+from polynl_core.repository import Preprocess
 
 DEFAULT_LEVELS: tuple[float, ...] = (0.5, 0.25)
 MIN_FACE = 64.0  # px of a level's input: smaller boxes of an extra level are dropped
 MAX_FACE = 256.0  # px of a level's input: larger boxes of a non-last level are dropped
-_MIN_SIDE = 32  # the network's stride: no level smaller than this
 _SKIP_RATIO = 0.75  # a level that could not shrink the image below this x the main scale adds nothing
 
 

@@ -1,7 +1,7 @@
 """Model outputs -> answers: softmax/top-k for the classifier, NMS for the detector.
 
-NumPy only. This is the one NMS of the project: the service, the evaluation code and the
-export's parity checks all call :func:`nms` / :func:`select_faces`.
+NumPy only. This is the one NMS of the project: the service, the evaluation code, the
+detection metrics and the export's parity checks all call :func:`nms` / :func:`select_faces`.
 """
 
 from __future__ import annotations

@@ -2,19 +2,18 @@
 
 The service, the export's parity checks, the evaluation code and the tests all call these
 functions, driven by the ``preprocess`` section of a model's ``config.json``
-(:class:`service.repository.Preprocess`). Input images are already decoded, EXIF-rotated
-and converted to RGB (see ``service/images.py``). NumPy and Pillow only.
+(:class:`polynl_core.repository.Preprocess`). Input images are already decoded, EXIF-rotated
+and converted to RGB (see ``polynl_core/images.py``). NumPy and Pillow only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from service.repository import Preprocess
+from polynl_core.repository import Preprocess
 
 
 def normalize(rgb: np.ndarray, preprocess: Preprocess) -> np.ndarray:
@@ -63,20 +62,6 @@ class Letterbox:
     scale: float  # bucket pixels per original pixel
     original_size: tuple[int, int]  # (width, height)
     bucket: tuple[int, int]  # (height, width)
-
-
-def choose_bucket(width: int, height: int, buckets: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """The smallest bucket that holds the image unscaled, else the one keeping the most pixels.
-
-    Buckets are (height, width). Ties go to the smaller bucket (less padding, less compute).
-    """
-    if not buckets:
-        raise ValueError("no size buckets configured")
-
-    def kept_scale(bucket: tuple[int, int]) -> float:
-        return min(1.0, bucket[0] / height, bucket[1] / width)
-
-    return max(buckets, key=lambda b: (kept_scale(b), -b[0] * b[1]))
 
 
 def fit_into(image: Image.Image, bucket: tuple[int, int]) -> Image.Image:

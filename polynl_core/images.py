@@ -1,11 +1,16 @@
-"""Upload bytes -> PIL RGB image: the first step of the data path.
+"""Image bytes -> checked, oriented 8-bit RGB: the first step of the data path.
 
-Knows nothing about HTTP or models. It enforces the pixel limit from the image header
-before any pixel is decoded (decompression bombs), applies the EXIF orientation, takes
-the first frame of animated or multi-page files, and converts every colour mode
-(CMYK, 16-bit, palette, alpha, LA, I;16, float...) to 8-bit RGB instead of rejecting it.
-Failures raise the client errors of ``service.errors`` (415 not an image, 422 corrupt
-or truncated, 413 too many pixels).
+The one decoder of the project: the service decodes uploads with it, and the evaluation, the
+export's parity check and the benchmarks read files with :func:`read_rgb`, so all of them see
+the same pixels for the same file. Knows nothing about HTTP or models. It enforces the pixel
+limit from the image header before any pixel is decoded (decompression bombs), applies the
+EXIF orientation, takes the first frame of animated or multi-page files, and converts every
+colour mode (CMYK, 16-bit, palette, alpha, LA, I;16, float...) to 8-bit RGB instead of
+rejecting it (transparent pixels are composited on white).
+
+Failures raise an :class:`ImageError` whose ``code`` says what went wrong
+(``empty_body``, ``unsupported_image``, ``corrupt_image``, ``image_too_large``);
+``service/errors.py`` maps each code to its HTTP status in one table.
 """
 
 from __future__ import annotations
@@ -13,13 +18,52 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import CorruptImage, EmptyBody, ImageTooLarge, UnsupportedImage
-
 _WHITE = (255, 255, 255)
+# Files the evaluation, the parity check and the training data readers take as images.
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# read_rgb's pixel limit: local files are trusted more than uploads, but not without bound.
+FILE_MAX_PIXELS = 200_000_000
+
+
+class ImageError(ValueError):
+    """Bytes that do not make a usable image; ``code`` is stable (the service's error code)."""
+
+    code = "image_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class EmptyImage(ImageError):
+    code = "empty_body"
+
+
+class UnsupportedImage(ImageError):
+    """Not an image in a format Pillow decodes."""
+
+    code = "unsupported_image"
+
+
+class CorruptImage(ImageError):
+    """The format was recognised, the pixels cannot be decoded (truncated, corrupt)."""
+
+    code = "corrupt_image"
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than the limit (checked from the header, before decoding)."""
+
+    code = "image_too_large"
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -108,19 +152,19 @@ def open_image(data: bytes, max_image_pixels: int) -> Image.Image:
     Cheap (header only), so the service calls it on the event loop and then decides, from
     the size, whether the decode itself is small enough to run there too."""
     if not data:
-        raise EmptyBody("the image is empty (0 bytes)")
+        raise EmptyImage("the image is empty (0 bytes)")
     image = _open(data, max_image_pixels)
     _check_pixels(image, max_image_pixels)
     return image
 
 
 def decode_image(data: bytes, max_image_pixels: int) -> DecodedImage:
-    """Bytes -> RGB image, or a client error."""
+    """Bytes -> RGB image, or an :class:`ImageError`."""
     return load_image(open_image(data, max_image_pixels), max_image_pixels)
 
 
 def load_image(image: Image.Image, max_image_pixels: int) -> DecodedImage:
-    """An image from :func:`open_image` -> RGB image, or a client error (decodes the pixels)."""
+    """An image from :func:`open_image` -> RGB image, or an :class:`ImageError` (decodes the pixels)."""
     image_format = str(image.format or "unknown")
     original_mode = image.mode
     try:
@@ -137,3 +181,9 @@ def load_image(image: Image.Image, max_image_pixels: int) -> DecodedImage:
         raise CorruptImage(f"the {image_format} image cannot be decoded (truncated or corrupt)") from exc
     _check_pixels(rgb, max_image_pixels)
     return DecodedImage(image=rgb, format=image_format, original_mode=original_mode)
+
+
+def read_rgb(source: str | Path | bytes, max_image_pixels: int = FILE_MAX_PIXELS) -> Image.Image:
+    """A file (or its bytes) decoded exactly as the service decodes an upload: RGB image."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    return decode_image(data, max_image_pixels).image
