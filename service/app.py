@@ -22,14 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from polynl_core.images import allow_pixels
 from polynl_core.repository import LoadedModel, RepositoryError, default_models, load_served_models
 from polynl_core.tasks import UnknownTask
+from service import tracing
 from service.drills import with_drills
 from service.errors import install_error_handlers
+from service.logs import configure_logging
 from service.metrics import Metrics
-from service.middleware import EdgeMiddleware, RequestIdLogFilter
+from service.middleware import EdgeMiddleware
 from service.model_settings import ServingSettings, serving_settings
 from service.openapi import install_openapi
 from service.registry import AnyPipeline, ModelRegistry, make_pipeline
@@ -39,21 +42,6 @@ from service.settings import Settings, get_settings
 from service.state import ServiceState
 
 logger = logging.getLogger("service.app")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-
-
-def configure_logging(level: str) -> None:
-    """Service logs carry the request id (uvicorn's own access log is replaced by ours)."""
-    service_logger = logging.getLogger("service")
-    service_logger.setLevel(level.upper())
-    if not any(getattr(h, "_polynl", False) for h in service_logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler.addFilter(RequestIdLogFilter())
-        handler._polynl = True  # type: ignore[attr-defined]
-        service_logger.addHandler(handler)
-        service_logger.propagate = False
 
 
 def check_contract(model: LoadedModel, session: ModelSession) -> None:
@@ -147,9 +135,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except RepositoryError as exc:
         logger.error("cannot start: %s", exc)
         raise
+    metrics = state.metrics
     for pipeline in state.models:
+        metrics.model_loaded(pipeline.label, pipeline.serving.queue_size, pipeline.serving.max_batch_size)
         pipeline.batcher.start()
         pipeline.ready = True
+        metrics.model_ready_state(pipeline.label, True)
+    metrics.describe_build(
+        app.version,
+        (p.label for p in state.models),
+        (provider for p in state.models for provider in p.session.providers),
+    )
     state.ready = True
     logger.info("ready: %s", ", ".join(p.label for p in state.models))
     try:
@@ -157,6 +153,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         state.accepting = False
         state.ready = False
+        for pipeline in state.models:
+            metrics.model_ready_state(pipeline.label, False)
         logger.info("shutting down: finishing queued requests")
         await asyncio.gather(*(p.batcher.stop(timeout_s=settings.request_timeout_s) for p in state.models))
         state.decode_pool.shutdown(wait=True)
@@ -166,7 +164,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    tracing.configure(settings.otel_endpoint)
     metrics = Metrics()
     app = FastAPI(
         title="polynl-serve",
@@ -182,6 +181,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         decode_pool=ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode"),
     )
     install_error_handlers(app)
+    if settings.cors_origins:
+        # Inside the edge middleware: preflights get a request id, are counted and logged.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "traceparent", "tracestate"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(
         EdgeMiddleware,
         metrics=metrics,

@@ -48,6 +48,14 @@ class BatchObserver(Protocol):
     def dropped(self, reason: str) -> None: ...
 
 
+class BatchTracerHooks(Protocol):
+    """Tracing hooks (``service.tracing.BatchTracer``), given only when tracing is on."""
+
+    def capture(self) -> tuple[object, int]: ...
+
+    def batch_done(self, tokens: Sequence[tuple[object, int]], started_ns: int, ended_ns: int) -> None: ...
+
+
 class _NoObserver:
     def queue_depth(self, depth: int) -> None:
         pass
@@ -79,6 +87,7 @@ class _Item:
     enqueued_at: float  # loop.time()
     deadline: float  # loop.time()
     tag: str = ""  # the caller's label for logs (the service passes the request id)
+    trace: tuple[object, int] | None = None  # the caller's span context and enqueue time (tracing on)
 
 
 def _stack_and_predict(
@@ -104,6 +113,7 @@ class Batcher:
         queue_size: int,
         retry_after_s: int = 1,
         observer: BatchObserver | None = None,
+        tracer: BatchTracerHooks | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
@@ -112,6 +122,7 @@ class Batcher:
         self.retry_after_s = retry_after_s
         self._predict = predict
         self._observer: BatchObserver = observer or _NoObserver()
+        self._tracer = tracer
         self._pending: dict[tuple[int, ...], deque[_Item]] = {}
         self._depth = 0
         self._wake = asyncio.Event()
@@ -149,6 +160,8 @@ class Batcher:
         item = _Item(
             array=array, future=loop.create_future(), enqueued_at=loop.time(), deadline=deadline, tag=tag
         )
+        if self._tracer is not None:
+            item.trace = self._tracer.capture()
         queue = self._pending.setdefault(tuple(array.shape), deque())
         queue.append(item)
         self._set_depth(self._depth + 1)
@@ -234,6 +247,7 @@ class Batcher:
     async def _run(self, items: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        started_ns = time.time_ns() if self._tracer is not None else 0
         try:
             outputs, seconds = await loop.run_in_executor(
                 self._executor, _stack_and_predict, self._predict, [item.array for item in items]
@@ -251,6 +265,9 @@ class Batcher:
             return
         self.batches_run += 1
         self._observer.batch_done(len(items), seconds)
+        if self._tracer is not None:
+            tokens = [item.trace for item in items if item.trace is not None]
+            self._tracer.batch_done(tokens, started_ns, time.time_ns())
         logger.debug("model %s: batch of %d in %.1f ms", self.name, len(items), seconds * 1000)
         for index, item in enumerate(items):
             if item.future.done():

@@ -10,15 +10,26 @@ With several worker processes (``POLYNL_WORKERS``), a scrape reaches one of them
 process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
 multiprocess mode, switched on by ``python -m service``) and ``/metrics`` answers the sum
 over all workers: counters and histograms add up, the queue depth is the live workers' sum.
+
+Also: each model's queue capacity and batch size limit and whether it is ready (so that
+alerts can compare depth to capacity: ``deploy/prometheus/rules``), ``polynl_build_info``
+(version, execution providers, models; value 1), and the standard process metrics
+(``process_cpu_seconds_total``, ``process_resident_memory_bytes``, ``process_open_fds``, ...):
+with several workers, summed over the live worker processes (their maximum for
+``process_max_fds``, the earliest for ``process_start_time_seconds``).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -78,6 +89,47 @@ class Metrics:
             ["model", "reason"],
             registry=self.registry,
         )
+        self.queue_capacity = Gauge(
+            "polynl_queue_capacity",
+            "Network inputs a model's batch queue holds before it refuses with 503.",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livesum",  # like the depth: the instance's total over its workers
+        )
+        self.max_batch_size = Gauge(
+            "polynl_max_batch_size",
+            "Largest batch a model's batcher sends to ONNX Runtime.",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.model_ready = Gauge(
+            "polynl_model_ready",
+            "1 once a model is loaded and warmed up and accepting requests, 0 while starting or stopping.",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livemin",  # ready only when every live worker is
+        )
+        self.build_info = Gauge(
+            "polynl_build_info",
+            "Always 1; the labels say which version serves which models on which execution providers.",
+            ["version", "models", "providers"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        if self.multiprocess_dir is None:
+            ProcessCollector(registry=self.registry)
+
+    def model_loaded(self, model: str, queue_size: int, max_batch_size: int) -> None:
+        self.queue_capacity.labels(model).set(queue_size)
+        self.max_batch_size.labels(model).set(max_batch_size)
+        self.model_ready.labels(model).set(0)
+
+    def model_ready_state(self, model: str, ready: bool) -> None:
+        self.model_ready.labels(model).set(1 if ready else 0)
+
+    def describe_build(self, version: str, models: Iterable[str], providers: Iterable[str]) -> None:
+        self.build_info.labels(version, ",".join(sorted(models)), ",".join(sorted(set(providers)))).set(1)
 
     def observer(self, model: str) -> ModelObserver:
         return ModelObserver(self, model)
@@ -88,6 +140,7 @@ class Metrics:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.multiprocess_dir)
+        registry.register(WorkerProcessCollector(self.multiprocess_dir))
         return generate_latest(registry)
 
     def process_exiting(self) -> None:
@@ -115,3 +168,43 @@ class ModelObserver:
 
     def dropped(self, reason: str) -> None:
         self._dropped.labels(self._model, reason).inc()
+
+
+_PID_IN_FILE = re.compile(r"_(\d+)\.db$")
+_MAX_OF = {"process_max_fds"}
+_MIN_OF = {"process_start_time_seconds"}
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid
+
+
+class WorkerProcessCollector(Collector):
+    """The standard process metrics of every live worker (pids from the multiprocess files),
+    summed; the workers' parent, the supervisor, is not counted."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _pids(self) -> list[int]:
+        pids = set()
+        for name in os.listdir(self.path):
+            match = _PID_IN_FILE.search(name)
+            if match and os.path.exists(f"/proc/{match.group(1)}"):
+                pids.add(int(match.group(1)))
+        return sorted(pids)
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        values: dict[str, list[float]] = {}
+        for pid in self._pids():
+            for metric in ProcessCollector(pid=_constant(pid), registry=None).collect():
+                merged.setdefault(metric.name, metric)
+                values.setdefault(metric.name, []).extend(sample.value for sample in metric.samples)
+        for name, metric in merged.items():
+            numbers = values[name]
+            value = max(numbers) if name in _MAX_OF else min(numbers) if name in _MIN_OF else sum(numbers)
+            sample = metric.samples[0]
+            out = Metric(metric.name, metric.documentation, metric.type)
+            out.add_sample(sample.name, sample.labels, value)
+            yield out

@@ -9,7 +9,10 @@ the route can watch for client disconnects). For every HTTP request it
   or while the body streams in (chunked uploads), never after buffering it all;
 - counts the request by endpoint (route template) and status, times it, and logs one
   access line with the request id (INFO, or DEBUG for successes when
-  ``POLYNL_ACCESS_LOG=false``);
+  ``POLYNL_ACCESS_LOG=false``), with its fields structured for ``POLYNL_LOG_FORMAT=json``
+  (``service.logs``);
+- when tracing is on (``service.tracing``), runs the request inside its server span (the
+  caller's W3C ``traceparent`` continued);
 - turns an unexpected exception into a generic 500 in the error shape (the stack trace
   goes to the log with the request id, never to the client).
 """
@@ -25,6 +28,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.errors import REQUEST_ID_HEADER, PayloadTooLarge, error_body
 from service.metrics import Metrics
 
@@ -86,7 +90,24 @@ class EdgeMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = {"code": 0}
+        try:
+            with tracing.request_span(
+                str(scope.get("method", "")), str(scope.get("path", "")), scope.get("headers", []), request_id
+            ) as span:
+                await self._answer(scope, receive, send, request_id, started, status, span)
+        finally:
+            request_id_var.reset(token)
 
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        started: float,
+        status: dict[str, int],
+        span: object,
+    ) -> None:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
@@ -95,7 +116,7 @@ class EdgeMiddleware:
                 message = {**message, "headers": headers}
                 # Counted and logged before the answer leaves: whoever holds the answer
                 # (a client, a test) finds its log line and metric already there.
-                self._record(scope, status["code"], time.perf_counter() - started)
+                self._record(scope, status["code"], time.perf_counter() - started, span)
             await send(message)
 
         try:
@@ -112,8 +133,7 @@ class EdgeMiddleware:
                 )
         finally:
             if status["code"] == 0:  # no answer started (the client left, or a bug)
-                self._record(scope, 500, time.perf_counter() - started)
-            request_id_var.reset(token)
+                self._record(scope, 500, time.perf_counter() - started, span)
 
     def _declared_too_large(self, scope: Scope) -> str | None:
         length = _header(scope, b"content-length")
@@ -149,10 +169,33 @@ class EdgeMiddleware:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+    def _record(self, scope: Scope, status: int, seconds: float, span: object = None) -> None:
         endpoint = _endpoint(scope)
         method = str(scope.get("method", ""))
         self.metrics.requests.labels(endpoint, method, str(status)).inc()
         self.metrics.latency.labels(endpoint).observe(seconds)
+        tracing.finish_request_span(span, endpoint if endpoint != "unmatched" else None, status)
         level = self.success_level if status < 400 else logging.INFO if status < 500 else logging.WARNING
-        logger.log(level, "%s %s -> %d in %.1f ms", method, scope.get("path"), status, seconds * 1000.0)
+        if not logger.isEnabledFor(level):
+            return
+        state = scope.get("state", {})
+        access = {
+            "method": method,
+            "path": scope.get("path"),
+            "endpoint": endpoint,
+            "status": status,
+            "duration_ms": round(seconds * 1000.0, 3),
+        }
+        model = state.get("polynl_model")
+        if model is not None:
+            access.update(model=model, timing=state.get("polynl_timing"))
+        logger.log(
+            level,
+            "%s %s -> %d in %.1f ms%s",
+            method,
+            scope.get("path"),
+            status,
+            seconds * 1000.0,
+            f" ({model})" if model else "",
+            extra={"access": access},
+        )

@@ -32,6 +32,7 @@ from polynl_core.preprocess import classifier_input
 from polynl_core.pyramid import LevelOutput, level_bucket, merge_levels, pyramid_inputs
 from polynl_core.repository import LoadedModel, ModelConfig
 from polynl_core.tasks import DETECTOR_OUTPUTS, Task
+from service import tracing
 from service.batching import Batcher, BatchObserver, BatchResult, PredictFn
 from service.errors import InvalidParameter
 from service.model_settings import ServingSettings
@@ -156,6 +157,7 @@ class ModelPipeline(ABC, Generic[ParamsT, AnswerT]):
             queue_size=serving.queue_size,
             retry_after_s=settings.retry_after_s,
             observer=observer,
+            tracer=tracing.batch_tracer(self.label),
         )
 
     @property
@@ -226,7 +228,8 @@ class ModelPipeline(ABC, Generic[ParamsT, AnswerT]):
     async def _one(
         self, index: int, upload: Upload, decode_pool: Executor, deadline: float, tag: str
     ) -> ImageOutcome:
-        prepared = await self._prepare(upload.data, decode_pool)
+        with tracing.step("decode", **{"polynl.model": self.label, "polynl.image_index": index}):
+            prepared = await self._prepare(upload.data, decode_pool)
         if not prepared.levels:
             result = await self.batcher.submit(prepared.array, deadline, tag)
             return ImageOutcome(index=index, upload=upload, prepared=prepared, result=result)

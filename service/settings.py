@@ -188,6 +188,21 @@ class Settings(BaseSettings):
     access_log: bool = Field(default=True, description="One INFO line per request (else DEBUG).")
     api_key: SecretStr | None = Field(default=None, description="Bearer token required when set.")
     protect_metrics: bool = Field(default=False, description="Require the API key for /metrics too.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API (CORS), e.g. 'https://app.example.com'; "
+        "'*' = any origin (without credentials); empty (the default) = no CORS headers.",
+    )
+
+    # --- logs and traces ------------------------------------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="'json': one JSON object per log line (service/logs.py)."
+    )
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector for traces, e.g. 'http://127.0.0.1:4318' (service/tracing.py); "
+        "the standard OTEL_* variables work too. Unset and no OTEL_* exporter variable: tracing off.",
+    )
 
     @field_validator("max_batch_size", "max_wait_ms", "queue_size", mode="before")
     @classmethod
@@ -195,10 +210,15 @@ class Settings(BaseSettings):
         # Compose files pass ${POLYNL_MAX_BATCH_SIZE:-}: empty means "each model's own value".
         return None if value == "" else value
 
-    @field_validator("providers", mode="before")
+    @field_validator("providers", "cors_origins", mode="before")
     @classmethod
-    def _parse_providers(cls, value: object) -> object:
+    def _parse_lists(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("otel_endpoint", mode="before")
+    @classmethod
+    def _empty_endpoint_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("api_key", mode="before")
     @classmethod

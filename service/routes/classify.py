@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from service import tracing
 from service.dependencies import StateDep, require_api_key
 from service.pipelines import ClassifyParams
 from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ModelQuery, VersionQuery, run_pipeline
-from service.routes.timing import timing_of
+from service.routes.timing import answered, timing_of
 from service.schemas import ClassifyResponse, ModelRef
 
 router = APIRouter(tags=["classification"], dependencies=[Depends(require_api_key)])
@@ -39,9 +40,10 @@ async def classify(
     outcomes, started = await run_pipeline(request, state, pipeline)
     # Softmax and top-k over one row of logits take microseconds: cheaper here than a hop
     # to a thread and back (detection's NMS, heavier, goes to the decode pool).
-    results = [pipeline.answer(outcome, params) for outcome in outcomes]
+    with tracing.step("postprocess", **{"polynl.model": pipeline.label}):
+        results = [pipeline.answer(outcome, params) for outcome in outcomes]
     return ClassifyResponse(
         model=ModelRef(name=pipeline.name, version=pipeline.config.version),
         results=results,
-        timing=timing_of(outcomes, started),
+        timing=answered(request, pipeline.label, timing_of(outcomes, started)),
     )

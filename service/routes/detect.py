@@ -7,10 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from service import tracing
 from service.dependencies import StateDep, require_api_key
 from service.pipelines import DetectParams
 from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ModelQuery, VersionQuery, run_pipeline
-from service.routes.timing import timing_of
+from service.routes.timing import answered, timing_of
 from service.schemas import DetectResponse, ModelRef
 
 router = APIRouter(tags=["face detection"], dependencies=[Depends(require_api_key)])
@@ -39,11 +40,12 @@ async def detect_faces(
     pipeline.check(params)
     outcomes, started = await run_pipeline(request, state, pipeline)
     # NMS runs in the decode pool too: the event loop only moves bytes.
-    results = await asyncio.get_running_loop().run_in_executor(
-        state.decode_pool, lambda: [pipeline.answer(outcome, params) for outcome in outcomes]
-    )
+    with tracing.step("postprocess", **{"polynl.model": pipeline.label}):
+        results = await asyncio.get_running_loop().run_in_executor(
+            state.decode_pool, lambda: [pipeline.answer(outcome, params) for outcome in outcomes]
+        )
     return DetectResponse(
         model=ModelRef(name=pipeline.name, version=pipeline.config.version),
         results=results,
-        timing=timing_of(outcomes, started),
+        timing=answered(request, pipeline.label, timing_of(outcomes, started)),
     )

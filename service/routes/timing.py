@@ -1,9 +1,11 @@
-"""Per-request timing summary shared by the inference routes."""
+"""Per-request timing summary shared by the inference routes (and noted for the access log)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+
+from starlette.requests import Request
 
 from service.pipelines import ImageOutcome
 from service.schemas import Timing
@@ -19,3 +21,11 @@ def timing_of(outcomes: Sequence[ImageOutcome], started: float) -> Timing:
         ),
         total_ms=round((time.perf_counter() - started) * 1000.0, 3),
     )
+
+
+def answered(request: Request, model: str, timing: Timing) -> Timing:
+    """Note which model answered and its timing on the request, for the access log line
+    (``service.middleware`` writes it once the response starts); returns ``timing``."""
+    request.state.polynl_model = model
+    request.state.polynl_timing = timing.model_dump()
+    return timing

@@ -101,7 +101,7 @@ def test_the_block_starts_as_the_identity(converted: Path) -> None:
 
 def test_shipped_detector_is_this_import_bit_for_bit(tmp_path: Path) -> None:
     """models/weights/face_detector.pt is what the documented command writes (same bytes)."""
-    from models.checkpoint import file_sha256
+    from polynl_core.repository import sha256_of as file_sha256
 
     again = tmp_path / "face_detector.pt"  # torch.save names its records after the file
     assert main(["--from-package", "--out", str(again)]) == 0
