@@ -19,6 +19,13 @@
   const LANDMARK_NAMES = ["left_eye", "right_eye", "nose", "left_mouth", "right_mouth"];
   const KEY_STORAGE = "polynl-demo-api-key";
 
+  // Where the API is: the page's own server, or the one its <meta name="polynl-api-base"> names.
+  const API_BASE = new URL(
+    document.querySelector('meta[name="polynl-api-base"]')?.content || ".",
+    document.baseURI,
+  );
+  const apiUrl = (path) => new URL(path, API_BASE).href;
+
   const $ = (id) => document.getElementById(id);
   const els = {
     key: $("api-key"),
@@ -63,7 +70,7 @@
     if (state.inFlight[kind]) state.inFlight[kind].abort(); // only the newest answer counts
     const controller = new AbortController();
     state.inFlight[kind] = controller;
-    const url = `${path}?${new URLSearchParams(params)}`;
+    const url = `${apiUrl(path)}?${new URLSearchParams(params)}`;
     const started = performance.now();
     try {
       const response = await fetch(url, {
@@ -316,7 +323,7 @@
 
   async function loadSamples() {
     try {
-      const response = await fetch("demo/samples");
+      const response = await fetch(apiUrl("demo/samples"));
       const { samples } = await response.json();
       els.samples.replaceChildren();
       if (!samples.length) {
@@ -330,7 +337,7 @@
         button.dataset.sample = sample.name;
         button.title = sample.name;
         const thumb = document.createElement("img");
-        thumb.src = sample.url;
+        thumb.src = apiUrl(sample.url);
         thumb.alt = "";
         thumb.loading = "lazy";
         const caption = document.createElement("span");
@@ -353,7 +360,7 @@
   }
 
   async function useSample(sample) {
-    const response = await fetch(sample.url);
+    const response = await fetch(apiUrl(sample.url));
     if (!response.ok) {
       setError("sample", `Could not load the sample ${sample.name} (${response.status}).`, {
         status: response.status,

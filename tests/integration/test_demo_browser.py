@@ -35,6 +35,7 @@ sync_api = pytest.importorskip(
 )
 
 API_KEY = "demo-test-key-7f3a"
+STATIC_DIR_OF_SERVICE = ROOT / "service" / "static"
 FACE = SAMPLES / "face_astronaut.jpg"
 GROUP = SAMPLES / "faces_group.jpg"
 SCREENSHOT = ROOT / "docs" / "demo.png"
@@ -344,3 +345,57 @@ def test_screenshot_of_faces_and_labels(page: Any, model_repository: Path, tmp_p
     if not repository_is_random(model_repository):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+
+# --- the page on another origin, calling the API through CORS ---------------------------------
+@pytest.fixture
+def other_origin_page(
+    start_server, browser_context: Any, tmp_path: Path
+) -> Iterator[tuple[Any, ServerHandle]]:  # type: ignore[no-untyped-def]
+    """A copy of the demo page served by a plain static server on another loopback port (another
+    origin), its <meta name="polynl-api-base"> naming the API, which allows that origin."""
+    import functools
+    import http.server
+    import threading
+
+    static = STATIC_DIR_OF_SERVICE
+    site = tmp_path / "site"
+    (site / "demo" / "static").mkdir(parents=True)
+    for name in ("demo.js", "demo.css"):
+        shutil.copyfile(static / name, site / "demo" / "static" / name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    origin = f"http://127.0.0.1:{httpd.server_address[1]}"
+    api: ServerHandle = start_server({"POLYNL_API_KEY": API_KEY, "POLYNL_CORS_ORIGINS": origin})
+    html = (static / "demo.html").read_text()
+    marker = '<meta name="polynl-api-base" content="">'
+    assert marker in html
+    (site / "index.html").write_text(
+        html.replace(marker, f'<meta name="polynl-api-base" content="{api.url}/">')
+    )
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    page = browser_context.new_page()
+    problems = PageProblems(page)
+    try:
+        page.goto(f"{origin}/index.html")
+        page.wait_for_selector("#sample-list button[data-sample]")  # listed by the API, cross-origin
+        yield page, api
+    finally:
+        page.close()
+        httpd.shutdown()
+    assert problems.errors == []
+
+
+def test_the_page_on_another_origin_calls_the_api_through_cors(
+    other_origin_page: tuple[Any, ServerHandle],
+) -> None:
+    page, api = other_origin_page
+    assert not page.url.startswith(str(api.url))
+    enter_key(page, API_KEY)  # an Authorization header: the browser sends a CORS preflight first
+    detect, classify = upload(page, [FACE])
+    assert detect["status"] == classify["status"] == 200
+    assert len(drawn_boxes(page)) == len(detect["body"]["results"][0]["faces"]) >= 1
+    # The page could read the answers (boxes drawn) only because the API allowed its origin;
+    # the preflight itself is checked without a browser in tests/integration/test_observability.py.
+    assert "POST /detect-faces -> 200" in api.log()

@@ -165,9 +165,14 @@ def test_prometheus_records_our_rules_and_fires_the_overload_alert(
 ) -> None:
     url, server = prometheus
     photo = (SAMPLES / "cifar_ship.png").read_bytes()
-    for _ in range(6):  # ordinary traffic first
+    assert _eventually(lambda: _query(url, 'up{job="polynl"} == 1'))  # scraping before the traffic
+    for _ in range(12):  # ordinary traffic first, over several scrapes
         assert _post(server, "/classify", photo) == 200
-    assert _eventually(lambda: _query(url, 'job_endpoint_status:polynl_requests:rate1m{status="200"} > 0'))
+        time.sleep(0.25)
+    ok = 'job_endpoint_status:polynl_requests:rate1m{endpoint="/classify",status="200"} > 0'
+    assert _eventually(lambda: _query(url, ok))
+    p99 = 'job_endpoint:polynl_request_duration_seconds:p99_5m{endpoint="/classify"} > 0'
+    assert _eventually(lambda: _query(url, p99))
 
     # A burst over capacity (about 2 images per 300 ms, 6 queue slots) for several scrapes.
     image = image_cases.jpeg(64, 48)
@@ -183,7 +188,6 @@ def test_prometheus_records_our_rules_and_fires_the_overload_alert(
     assert _eventually(lambda: _query(url, "max_over_time(instance_model:polynl_queue_fill:ratio[5m]) > 0.8"))
     errors = 'job_endpoint:polynl_request_errors:ratio_rate5m{endpoint="/detect-faces"} > 0'
     assert _eventually(lambda: _query(url, errors))
-    assert _query(url, 'job_endpoint:polynl_request_duration_seconds:p99_5m{endpoint="/classify"} > 0')
     assert _query(url, 'job_model:polynl_batch_size:mean_5m{model="face_detector"} >= 1')
 
     def firing() -> list[dict[str, Any]]:
