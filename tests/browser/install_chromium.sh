@@ -7,11 +7,5 @@ if [ -x /usr/bin/chromium ]; then
   echo "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo present)"
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" != "0" ]; then
-  SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends chromium chromium-driver fonts-dejavu-core
+"$(dirname "${BASH_SOURCE[0]}")/../../scripts/apt-install.sh" chromium chromium-driver fonts-dejavu-core
 /usr/bin/chromium --version 2>/dev/null

@@ -6,15 +6,9 @@ if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
   echo "prometheus: $(prometheus --version 2>&1 | head -1)"
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" != "0" ]; then
-  SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends prometheus
+"$(dirname "${BASH_SOURCE[0]}")/../../scripts/apt-install.sh" prometheus
 # The package may start its own server on :9090 where an init system runs; the tests start theirs.
 if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
-  $SUDO systemctl stop prometheus || true
+  systemctl stop prometheus || true
 fi
 prometheus --version 2>&1 | head -1

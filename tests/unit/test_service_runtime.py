@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from polynl_core.pyramid import level_bucket
-from polynl_core.repository import load_repository
+from polynl_core.repository import LoadedModel, load_repository
 from service.metrics import Metrics
 from service.model_settings import serving_settings
 from service.pipelines import DetectorPipeline
@@ -41,18 +41,24 @@ def test_io_binding_gives_the_same_outputs_as_plain_run(model_repository: Path) 
         np.testing.assert_array_equal(got[name], expected[name])
 
 
+def _detector(model_repository: Path, **overrides: object) -> tuple[LoadedModel, DetectorPipeline]:
+    """The repository's detector as the service builds it, with these settings overridden."""
+    model = load_repository(model_repository)["face_detector"]
+    settings = cpu_settings(**overrides)
+    session = create_session("face_detector", model.onnx_path, settings)
+    serving = serving_settings(model.config, settings)
+    pipeline = make_pipeline(model, session, settings, serving, Metrics().observer("face_detector"))
+    assert isinstance(pipeline, DetectorPipeline)
+    return model, pipeline
+
+
 @pytest.mark.parametrize(
     ("override", "expected"), [(None, None), ([(256, 256), (256, 384)], [(256, 256), (256, 384)])]
 )
 def test_detection_buckets_come_from_config_unless_overridden(
     model_repository: Path, override: list[tuple[int, int]] | None, expected: list[tuple[int, int]] | None
 ) -> None:
-    model = load_repository(model_repository)["face_detector"]
-    settings = cpu_settings(detection_buckets=override)
-    session = create_session("face_detector", model.onnx_path, settings)
-    serving = serving_settings(model.config, settings)
-    pipeline = make_pipeline(model, session, settings, serving, Metrics().observer("face_detector"))
-    assert isinstance(pipeline, DetectorPipeline)
+    model, pipeline = _detector(model_repository, detection_buckets=override)
     assert pipeline.buckets == (expected or [tuple(b) for b in model.config.size_buckets or []])
     # One warm-up per bucket, then per smaller bucket of the pyramid levels (each shape once).
     levels = [level_bucket(b, f) for b in pipeline.buckets for f in pipeline.pyramid]
@@ -64,12 +70,7 @@ def test_detection_buckets_come_from_config_unless_overridden(
 def test_detector_pyramid_comes_from_config_unless_overridden(
     model_repository: Path, override: list[float] | None, from_config: bool
 ) -> None:
-    model = load_repository(model_repository)["face_detector"]
-    settings = cpu_settings(detector_pyramid=override)
-    session = create_session("face_detector", model.onnx_path, settings)
-    serving = serving_settings(model.config, settings)
-    pipeline = make_pipeline(model, session, settings, serving, Metrics().observer("face_detector"))
-    assert isinstance(pipeline, DetectorPipeline)
+    model, pipeline = _detector(model_repository, detector_pyramid=override)
     expected = model.config.preprocess.pyramid if from_config else tuple(sorted(override or [], reverse=True))
     assert pipeline.pyramid == expected
     levels = {level_bucket(b, f) for b in pipeline.buckets for f in expected} - set(pipeline.buckets)
