@@ -31,6 +31,8 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import EdgeMiddleware, RequestIdLogFilter
 from service.model_settings import ServingSettings, serving_settings
+from service.oip import rest as oip_rest
+from service.oip.grpc_server import start_grpc_server
 from service.openapi import install_openapi
 from service.registry import AnyPipeline, ModelRegistry, make_pipeline
 from service.routes import classify, demo, detect, health, models
@@ -150,6 +152,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for pipeline in state.models:
         pipeline.batcher.start()
         pipeline.ready = True
+    grpc_server = await start_grpc_server(state) if settings.grpc else None
     state.ready = True
     logger.info("ready: %s", ", ".join(p.label for p in state.models))
     try:
@@ -158,6 +161,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.accepting = False
         state.ready = False
         logger.info("shutting down: finishing queued requests")
+        if grpc_server is not None:
+            # Calls in flight get the request deadline to finish; new ones are refused.
+            await grpc_server.stop(settings.request_timeout_s)
         await asyncio.gather(*(p.batcher.stop(timeout_s=settings.request_timeout_s) for p in state.models))
         state.decode_pool.shutdown(wait=True)
         state.metrics.process_exiting()
@@ -190,6 +196,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (classify, detect, health, models, demo):
         app.include_router(module.router)
+    app.include_router(oip_rest.health)
+    app.include_router(oip_rest.router)
     install_openapi(app)
     return app
 
