@@ -395,3 +395,27 @@ def test_async_clients_share_batches_with_post_classify(server: ServerHandle) ->
     asyncio.run(mixed())
     calls = server.metric("polynl_batch_size_count", {"model": "classifier"}, auth()) - before
     assert 1 <= calls < 16
+
+
+# --- the load tester's protocol targets ----------------------------------------------------------
+@pytest.mark.parametrize(("protocol", "way_in"), [("oip-http", "bytes"), ("oip-grpc", "tensor")])
+def test_load_tester_drives_the_protocol_through_tritonclient(
+    server: ServerHandle, model_repository: Path, tmp_path: Path, protocol: str, way_in: str
+) -> None:
+    import json
+
+    from bench.loadtest.cli import main
+
+    out = tmp_path / "report.json"
+    argv = [
+        "--url", server.url, "--protocol", protocol, "--grpc-address", server.grpc_url,
+        "--endpoint", "classifier", "--oip-input", way_in, "--repository", str(model_repository),
+        "--images", str(SAMPLES), "--max-images", "4", "--requests", "24", "--concurrency", "4",
+        "--api-key", KEY, "--param", "top_k=2", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    summary = report["points"][0]["summary"]
+    assert summary["ok"] == 24 and summary["by_status"] == {"200": 24}
+    assert report["protocol"] == f"{protocol} ({way_in})"
+    assert summary["server_batch_sizes"][0]["labels"] == {"model": "classifier"}
