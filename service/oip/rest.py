@@ -29,8 +29,15 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "parameters"]
 SERVER_NAME = "polynl-serve"
 
-health = APIRouter(prefix="/v2", tags=["open inference protocol"])
-router = APIRouter(prefix="/v2", tags=["open inference protocol"], dependencies=[Depends(require_api_key)])
+# Not in the OpenAPI schema: the Open Inference Protocol specifies these paths itself (its
+# bodies are tensors, often binary, which no response model here would describe truly).
+health = APIRouter(prefix="/v2", tags=["open inference protocol"], include_in_schema=False)
+router = APIRouter(
+    prefix="/v2",
+    tags=["open inference protocol"],
+    dependencies=[Depends(require_api_key)],
+    include_in_schema=False,
+)
 
 ModelName = Annotated[str, Path(min_length=1, max_length=128)]
 Version = Annotated[str, Path(min_length=1, max_length=32)]
