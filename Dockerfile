@@ -108,7 +108,8 @@ ENV HOME=/tmp \
     POLYNL_PORT=8000 \
     LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib
 USER polynl:polynl
-EXPOSE 8000
+# 8001: the Open Inference Protocol over gRPC (POLYNL_GRPC_PORT).
+EXPOSE 8000 8001
 # /readyz answers 200 only when every model is loaded and warmed up; urllib raises on >= 400.
 HEALTHCHECK --interval=10s --timeout=4s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('POLYNL_PORT', '8000'), timeout=3)"]

@@ -4,3 +4,5 @@ No torch here (``tests/unit/test_core_boundary.py``). Images, preprocessing, the
 post-processing and the repository format come from :mod:`polynl_core`; ``service/README.md``
 draws the data path through the modules of this package.
 """
+
+__version__ = "0.1.0"

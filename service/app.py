@@ -34,6 +34,8 @@ from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import EdgeMiddleware
 from service.model_settings import ServingSettings, serving_settings
+from service.oip import rest as oip_rest
+from service.oip.grpc_server import start_grpc_server
 from service.openapi import install_openapi
 from service.registry import AnyPipeline, ModelRegistry, make_pipeline
 from service.routes import classify, demo, detect, health, models
@@ -146,6 +148,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         (p.label for p in state.models),
         (provider for p in state.models for provider in p.session.providers),
     )
+    grpc_server = await start_grpc_server(state) if settings.grpc else None
     state.ready = True
     logger.info("ready: %s", ", ".join(p.label for p in state.models))
     try:
@@ -156,6 +159,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for pipeline in state.models:
             metrics.model_ready_state(pipeline.label, False)
         logger.info("shutting down: finishing queued requests")
+        if grpc_server is not None:
+            # Calls in flight get the request deadline to finish; new ones are refused.
+            await grpc_server.stop(settings.request_timeout_s)
         await asyncio.gather(*(p.batcher.stop(timeout_s=settings.request_timeout_s) for p in state.models))
         state.decode_pool.shutdown(wait=True)
         state.metrics.process_exiting()
@@ -199,6 +205,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (classify, detect, health, models, demo):
         app.include_router(module.router)
+    app.include_router(oip_rest.health)
+    app.include_router(oip_rest.router)
     install_openapi(app)
     return app
 

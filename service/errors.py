@@ -41,6 +41,8 @@ from polynl_core.images import CorruptImage, EmptyImage, ImageError, ImageTooLar
 logger = logging.getLogger("service.errors")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# Paths of the Open Inference Protocol (service.oip.rest): errors in that protocol's shape.
+OIP_PREFIX = "/v2"
 
 
 class ServiceError(Exception):
@@ -205,30 +207,43 @@ def _validation_message(errors: list[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _respond(
+    request: Request, status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The service's error shape, or under ``/v2`` the Open Inference Protocol's:
+    ``{"error": "<message>"}``, where a bad parameter or corrupt image (422) is a 400."""
+    request_id = request_id_of(request)
+    if request.url.path == OIP_PREFIX or request.url.path.startswith(OIP_PREFIX + "/"):
+        status = 400 if status_code == 422 else status_code
+        all_headers = {REQUEST_ID_HEADER: request_id, **(headers or {})}
+        return JSONResponse({"error": message}, status_code=status, headers=all_headers)
+    return error_response(status_code, code, message, request_id, headers)
+
+
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status_code >= 500:
         logger.warning("%s: %s", exc.code, exc.message)
-    return error_response(exc.status_code, exc.code, exc.message, request_id_of(request), exc.headers)
+    return _respond(request, exc.status_code, exc.code, exc.message, exc.headers)
 
 
 async def _image_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ImageError)
     status = IMAGE_ERROR_STATUS.get(exc.code, 422)
-    return error_response(status, exc.code, exc.message, request_id_of(request))
+    return _respond(request, status, exc.code, exc.message)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message = _validation_message(list(exc.errors()))
-    return error_response(422, "validation_error", message, request_id_of(request))
+    return _respond(request, 422, "validation_error", message)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    return error_response(exc.status_code, code, message, request_id_of(request), dict(exc.headers or {}))
+    return _respond(request, exc.status_code, code, message, dict(exc.headers or {}))
 
 
 def install_error_handlers(app: FastAPI) -> None:

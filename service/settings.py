@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    grpc: bool = Field(default=True, description="Serve the Open Inference Protocol over gRPC too.")
+    grpc_port: int = Field(
+        default=8001, ge=0, le=65535, description="gRPC port (Open Inference Protocol), as Triton's."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(default=True, description="One INFO line per request (else DEBUG).")
     api_key: SecretStr | None = Field(default=None, description="Bearer token required when set.")

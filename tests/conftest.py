@@ -196,6 +196,11 @@ class ServerHandle:
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    grpc_port: int = 0  # the Open Inference Protocol's gRPC port (POLYNL_GRPC_PORT)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def client(self, **kwargs: object) -> httpx.Client:
         kwargs.setdefault("timeout", 30.0)
@@ -251,12 +256,14 @@ def launch_server(
     timeout: float = 180.0,
 ) -> ServerHandle:
     port = free_port()
+    grpc_port = free_port()
     full_env = {
         **os.environ,
         **SERVER_DEFAULTS,
         "POLYNL_MODEL_REPOSITORY": str(repository),
         "POLYNL_HOST": "127.0.0.1",
         "POLYNL_PORT": str(port),
+        "POLYNL_GRPC_PORT": str(grpc_port),
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
@@ -265,7 +272,8 @@ def launch_server(
         process = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
         )
-    handle = ServerHandle(f"http://127.0.0.1:{port}", port, process, log_path, dict(env or {}))
+    grpc_port = int(full_env["POLYNL_GRPC_PORT"])
+    handle = ServerHandle(f"http://127.0.0.1:{port}", port, process, log_path, dict(env or {}), grpc_port)
     if wait_ready:
         deadline = time.monotonic() + timeout
         while True:

@@ -10,6 +10,11 @@ Examples::
         --mode closed --concurrency 16 --requests 500 --duration 30
     python -m bench.loadtest --endpoint detect-faces --mode open --rate 50 --duration 20
     python -m bench.loadtest --mode open --sweep 10,20,40,80 --duration 15 --plot sweep.png
+    python -m bench.loadtest --protocol oip-grpc --endpoint classifier --oip-input tensor
+    python -m bench.loadtest --protocol oip-http --endpoint face_detector --param max_faces=10
+
+With ``--protocol oip-http`` / ``oip-grpc`` the requests go through Triton's own async clients
+to the Open Inference Protocol (``bench.loadtest.oip``); ``--endpoint`` is then the model's name.
 """
 
 from __future__ import annotations
@@ -20,13 +25,23 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 
 from bench.loadtest.metrics import histogram_deltas
+from bench.loadtest.oip import OipTarget, tensor_inputs
 from bench.loadtest.runner import LoadConfig, Payload, RunResult, run_load
 from bench.loadtest.stats import summarize
-from bench.loadtest.targets import ENDPOINTS, TargetError, check_target, endpoint_url, load_payloads
+from bench.loadtest.targets import (
+    ENDPOINTS,
+    TargetError,
+    check_target,
+    endpoint_url,
+    is_loopback_host,
+    load_payloads,
+)
 from bench.machine import machine_info
 
 DEFAULT_IMAGES = Path("samples")
@@ -82,6 +97,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="open loop: connection pool size (closed loop: one connection per client)",
     )
+    parser.add_argument(
+        "--protocol",
+        choices=("rest", "oip-http", "oip-grpc"),
+        default="rest",
+        help="rest: the JSON API (POST /classify ...); oip-http / oip-grpc: the Open Inference "
+        "Protocol through tritonclient's async clients (--endpoint names the model)",
+    )
+    parser.add_argument(
+        "--oip-input",
+        choices=("bytes", "tensor"),
+        default="bytes",
+        help="OIP: send encoded image files (BYTES) or preprocessed FP32 tensors",
+    )
+    parser.add_argument(
+        "--grpc-address", default=None, help="OIP gRPC host:port (default: --url's host, port 8001)"
+    )
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="OIP tensors: the model repository whose config.json preprocesses the images",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the open-loop arrival process")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument(
@@ -117,10 +154,13 @@ def measure(
     metrics_path: str = "/metrics",
     batch_metric: str = "batch_size",
     quiet: bool = False,
+    oip: OipTarget | None = None,
+    tensors: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """One measured run: metrics before, the load, metrics after; the summary as a dict."""
     before = scrape_metrics(base_url, metrics_path, config.headers)
-    result: RunResult = run_load(url, payloads, config, progress_stream=None if quiet else sys.stderr)
+    progress = None if quiet else sys.stderr
+    result: RunResult = run_load(url, payloads, config, progress, oip, tensors)
     after = scrape_metrics(base_url, metrics_path, config.headers)
     summary = summarize(result.records, result.scheduled)
     summary["client_cpu_percent_of_one_core"] = result.client_cpu_percent
@@ -132,7 +172,14 @@ def measure(
     return summary
 
 
-def warm_up(url: str, payloads: list[Payload], config: LoadConfig, count: int) -> None:
+def warm_up(
+    url: str,
+    payloads: list[Payload],
+    config: LoadConfig,
+    count: int,
+    oip: OipTarget | None = None,
+    tensors: list[np.ndarray] | None = None,
+) -> None:
     if count <= 0:
         return
     warm = LoadConfig(
@@ -144,7 +191,7 @@ def warm_up(url: str, payloads: list[Payload], config: LoadConfig, count: int) -
         multipart=config.multipart,
         headers=config.headers,
     )
-    run_load(url, payloads, warm, progress_stream=None)
+    run_load(url, payloads, warm, None, oip, tensors)
 
 
 def _config(args: argparse.Namespace, load: float | None = None) -> LoadConfig:
@@ -186,23 +233,56 @@ def _print_summary(label: str, summary: dict[str, Any]) -> None:
         )
 
 
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def oip_target(args: argparse.Namespace, base_url: str) -> OipTarget:
+    """The OIP target of ``--protocol oip-*``: the model ``--endpoint`` at the HTTP port or
+    the gRPC address (loopback-checked like ``--url``)."""
+    parts = urlsplit(base_url)
+    if args.protocol == "oip-http":
+        address = parts.netloc
+    else:
+        address = args.grpc_address or f"{parts.hostname}:8001"
+        host = address.rpartition(":")[0].strip("[]")
+        if not args.allow_remote and not is_loopback_host(host):
+            raise TargetError(f"refusing to load-test {host!r}: not a loopback address (--allow-remote)")
+    parameters = {k: _number(v) for k, v in _params(args.param).items()}
+    return OipTarget(args.protocol, address, args.endpoint, args.oip_input, parameters)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    oip: OipTarget | None = None
+    tensors: list[np.ndarray] | None = None
     try:
         base_url = check_target(args.url, args.allow_remote)
-        url = endpoint_url(base_url, args.endpoint, _params(args.param))
         payloads = load_payloads(args.images, args.max_images)
+        if args.protocol == "rest":
+            url = endpoint_url(base_url, args.endpoint, _params(args.param))
+        else:
+            oip = oip_target(args, base_url)
+            url = f"{args.protocol}://{oip.address}/{oip.model}"
+            if args.oip_input == "tensor":
+                tensors = tensor_inputs(payloads, args.repository, oip.model)
         loads = [float(x) for x in args.sweep.split(",")] if args.sweep else [None]
         config = _config(args, loads[0])
-    except (TargetError, ValueError) as exc:
+    except (TargetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    warm_up(url, payloads, config, args.warmup)
+    warm_up(url, payloads, config, args.warmup, oip, tensors)
     report: dict[str, Any] = {
         "tool": "bench.loadtest",
         "url": url,
         "endpoint": args.endpoint,
+        "protocol": args.protocol if oip is None else f"{args.protocol} ({args.oip_input})",
         "mode": args.mode,
         "images": {"folder": str(args.images), "count": len(payloads)},
         "machine": machine_info(),
@@ -210,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     for load in loads:
         config = _config(args, load)
-        summary = measure(base_url, url, payloads, config, args.metrics_path, args.batch_metric, args.quiet)
+        summary = measure(
+            base_url, url, payloads, config, args.metrics_path, args.batch_metric, args.quiet, oip, tensors
+        )
         point = {
             "load": load
             if load is not None

@@ -23,13 +23,17 @@ import contextlib
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 import httpx
+import numpy as np
 
 from bench.loadtest.stats import RequestRecord
+
+if TYPE_CHECKING:
+    from bench.loadtest.oip import OipTarget
 
 Mode = Literal["closed", "open"]
 
@@ -123,13 +127,55 @@ class _Progress:
             )
 
 
+# Sends the payload of the given index; answers its status ("200", "503", ...).
+SendFn = Callable[[int], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the requests go to: ``url`` over the service's JSON API (httpx), or the Open
+    Inference Protocol through Triton's clients (``oip``, :mod:`bench.loadtest.oip`), with
+    ``tensors[i]`` the preprocessed tensor of payload ``i`` for the tensor way in."""
+
+    url: str
+    payloads: Sequence[Payload]
+    oip: OipTarget | None = None
+    tensors: Sequence[np.ndarray] | None = None
+
+
+@contextlib.asynccontextmanager
+async def _sender(target: Target, config: LoadConfig, connections: int) -> AsyncIterator[SendFn]:
+    payloads = target.payloads
+    if target.oip is not None:
+        client = target.oip.client(config.headers)
+        tensors = target.tensors
+        try:
+
+            async def send_oip(index: int) -> str:
+                tensor = tensors[index] if tensors is not None else None
+                return await client.send(payloads[index], tensor)
+
+            yield send_oip
+        finally:
+            await client.close()
+        return
+    async with _client(config, connections) as http:
+
+        async def send(index: int) -> str:
+            payload = payloads[index]
+            if config.multipart:
+                files = {"file": (payload.name, payload.data, payload.content_type)}
+                response = await http.post(target.url, files=files)
+            else:
+                headers = {"content-type": payload.content_type}
+                response = await http.post(target.url, content=payload.data, headers=headers)
+            return str(response.status_code)
+
+        yield send
+
+
 async def _send(
-    client: httpx.AsyncClient,
-    url: str,
-    payload: Payload,
-    config: LoadConfig,
-    due: float,
-    progress: _Progress,
+    send: SendFn, index: int, config: LoadConfig, due: float, progress: _Progress
 ) -> RequestRecord:
     progress.sent += 1
     status = "error"
@@ -137,18 +183,14 @@ async def _send(
     try:
         # The deadline counts from the due time, like the latency.
         async with asyncio.timeout(max(0.0, due + config.timeout_s - sent_at)):
-            if config.multipart:
-                files = {"file": (payload.name, payload.data, payload.content_type)}
-                response = await client.post(url, files=files)
-            else:
-                headers = {"content-type": payload.content_type}
-                response = await client.post(url, content=payload.data, headers=headers)
-            status = str(response.status_code)
+            status = await send(index)
     except TimeoutError:
         status = "timeout"
     except httpx.ConnectError:
         status = "connect_error"
     except httpx.HTTPError as exc:
+        status = type(exc).__name__
+    except Exception as exc:  # the OIP clients' transport errors (aiohttp, grpc)
         status = type(exc).__name__
     end = time.perf_counter()
     record = RequestRecord(start=due, end=end, status=status, sent_late_s=sent_at - due)
@@ -164,8 +206,9 @@ def _client(config: LoadConfig, connections: int) -> httpx.AsyncClient:
 
 
 async def _closed_loop(
-    url: str, payloads: Sequence[Payload], config: LoadConfig, progress: _Progress
+    target: Target, config: LoadConfig, progress: _Progress
 ) -> tuple[list[RequestRecord], int]:
+    count = len(target.payloads)
     records: list[RequestRecord] = []
     t0 = time.perf_counter()
     deadline = t0 + config.duration_s if config.duration_s is not None else None
@@ -174,7 +217,7 @@ async def _closed_loop(
     async def client_loop() -> None:
         nonlocal issued
         # One connection per client, not one shared pool (see the module docstring).
-        async with _client(config, 1) as client:
+        async with _sender(target, config, 1) as send:
             while True:
                 if config.requests is not None and issued >= config.requests:
                     return
@@ -183,29 +226,28 @@ async def _closed_loop(
                     return
                 index = issued
                 issued += 1  # reserved before the await: the count bound is exact
-                payload = payloads[index % len(payloads)]
-                records.append(await _send(client, url, payload, config, now, progress))
+                records.append(await _send(send, index % count, config, now, progress))
 
     await asyncio.gather(*(client_loop() for _ in range(config.concurrency)))
     return records, issued
 
 
 async def _open_loop(
-    url: str, payloads: Sequence[Payload], config: LoadConfig, progress: _Progress
+    target: Target, config: LoadConfig, progress: _Progress
 ) -> tuple[list[RequestRecord], int]:
+    count = len(target.payloads)
     arrivals = poisson_arrivals(config.rate, config.requests, config.duration_s, config.seed)
     t0 = time.perf_counter()
     tasks: list[asyncio.Task[RequestRecord]] = []
     # Any number of requests may be in flight: one shared pool of connections.
-    async with _client(config, config.max_connections) as client:
+    async with _sender(target, config, config.max_connections) as send:
         for index, offset in enumerate(arrivals):
             due = t0 + offset
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             # Never wait for earlier answers here: that would be coordinated omission.
-            payload = payloads[index % len(payloads)]
-            tasks.append(asyncio.create_task(_send(client, url, payload, config, due, progress)))
+            tasks.append(asyncio.create_task(_send(send, index % count, config, due, progress)))
         records = list(await asyncio.gather(*tasks))
     return records, len(arrivals)
 
@@ -215,8 +257,11 @@ async def run_load_async(
     payloads: Sequence[Payload],
     config: LoadConfig,
     progress_stream: TextIO | None = sys.stderr,
+    oip: OipTarget | None = None,
+    tensors: Sequence[np.ndarray] | None = None,
 ) -> RunResult:
-    """Drive ``url`` with ``payloads`` as ``config`` says; returns every request's record."""
+    """Drive ``url`` (or the ``oip`` target) with ``payloads`` as ``config`` says; returns
+    every request's record."""
     if not payloads:
         raise ValueError("no payloads to send")
     progress = _Progress(progress_stream, config.progress_interval_s)
@@ -226,7 +271,7 @@ async def run_load_async(
     reporter = asyncio.create_task(progress.report(t0, stop))
     loop = _closed_loop if config.mode == "closed" else _open_loop
     try:
-        records, scheduled = await loop(url, payloads, config, progress)
+        records, scheduled = await loop(Target(url, payloads, oip, tensors), config, progress)
     finally:
         stop.set()
         await reporter
@@ -245,6 +290,8 @@ def run_load(
     payloads: Sequence[Payload],
     config: LoadConfig,
     progress_stream: TextIO | None = sys.stderr,
+    oip: OipTarget | None = None,
+    tensors: Sequence[np.ndarray] | None = None,
 ) -> RunResult:
     """Synchronous wrapper of :func:`run_load_async` (its own event loop)."""
-    return asyncio.run(run_load_async(url, payloads, config, progress_stream))
+    return asyncio.run(run_load_async(url, payloads, config, progress_stream, oip, tensors))

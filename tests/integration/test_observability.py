@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,13 +207,20 @@ def test_process_readiness_and_build_metrics(observed: ServerHandle) -> None:
 def test_worker_process_metrics_are_summed(start_server) -> None:  # type: ignore[no-untyped-def]
     single: ServerHandle = start_server({"POLYNL_WORKERS": "1"})
     double: ServerHandle = start_server({"POLYNL_WORKERS": "2"})
-    with single.client() as a, double.client() as b:
+    with single.client() as a:
         one = a.get("/metrics").text
-        two = b.get("/metrics").text
+    capacity = parse_metric(one, "polynl_queue_capacity", {"model": "classifier"})
+    # /readyz answered from one worker; the other may still be loading: wait until both report.
+    deadline = time.monotonic() + 60
+    with double.client() as b:
+        while True:
+            two = b.get("/metrics").text
+            if parse_metric(two, "polynl_queue_capacity", {"model": "classifier"}) == 2 * capacity:
+                break
+            assert time.monotonic() < deadline, "the second worker never reported its queue"
+            time.sleep(0.5)
     # each worker loads its own models: the sum of two is well above one process's memory
     rss_one = parse_metric(one, "process_resident_memory_bytes")
     assert parse_metric(two, "process_resident_memory_bytes") > 1.5 * rss_one
-    capacity = parse_metric(one, "polynl_queue_capacity", {"model": "classifier"})
-    assert parse_metric(two, "polynl_queue_capacity", {"model": "classifier"}) == 2 * capacity
     assert parse_metric(two, "polynl_model_ready", {"model": "face_detector"}) == 1
     assert httpx.get(f"{double.url}/readyz").status_code == 200
