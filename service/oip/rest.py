@@ -130,6 +130,8 @@ def _json_header(body: bytes, header_length: str | None) -> tuple[dict[str, Any]
         header = json.loads(bytes(view[:size]))
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedBody(f"the inference request is not JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedBody("the inference request nests JSON too deeply") from None
     if not isinstance(header, dict):
         raise MalformedBody("the inference request must be a JSON object")
     return header, view[size:]

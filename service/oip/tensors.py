@@ -124,25 +124,43 @@ def from_raw(name: str, datatype: str, shape: list[int], data: bytes | memoryvie
     return Tensor(name, datatype, shape, array)
 
 
-def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        if data and isinstance(data[0], list):
-            return [x for row in data for x in _flatten(row)]
-        return data
-    return [data]
+_MAX_DEPTH = 8  # a tensor's JSON data is flat or nested at most this deep (4-D images + room)
+
+
+def _flatten(name: str, data: Any) -> list[Any]:
+    """Row-major elements of flat or nested JSON lists (iterative: no recursion to exhaust)."""
+    flat: list[Any] = []
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list):
+            if depth >= _MAX_DEPTH:
+                raise InvalidTensor(f"input {name!r}: data nested deeper than {_MAX_DEPTH} lists")
+            stack.extend((x, depth + 1) for x in reversed(item))
+        else:
+            flat.append(item)
+    return flat
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float)  # bool is an int: BOOL tensors and 0/1 both work
 
 
 def from_list(name: str, datatype: str, shape: list[int], data: Any) -> Tensor:
     """A tensor from the JSON form: ``data`` flat (row-major) or nested; BYTES as strings."""
     dtype = numpy_type(name, datatype)
     count = element_count(shape)
-    flat = _flatten(data)
+    flat = _flatten(name, data)
     if len(flat) != count:
         raise InvalidTensor(f"input {name!r}: {len(flat)} elements for shape {shape} ({count} expected)")
     if datatype == "BYTES":
+        if not all(isinstance(x, str) for x in flat):
+            raise InvalidTensor(f"input {name!r}: BYTES data in JSON must be strings")
         array = np.empty(count, dtype=np.object_)
-        array[:] = [x.encode() if isinstance(x, str) else bytes(x) for x in flat]
+        array[:] = [x.encode() for x in flat]
         return Tensor(name, datatype, shape, array.reshape(shape))
+    if not all(_is_number(x) for x in flat):
+        raise InvalidTensor(f"input {name!r}: {datatype} data in JSON must be numbers")
     try:
         array = np.asarray(flat, dtype=dtype).reshape(shape)
     except (TypeError, ValueError) as exc:
