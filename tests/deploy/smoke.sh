@@ -185,7 +185,9 @@ say "  PID 1: $pid1"
 # nginx.conf gets loopback upstreams instead. nginx cannot be pulled here: a local image.
 lb_check() {
   local nginx_image=local/debian-nginx:bookworm p1=$((PORT + 1)) p2=$((PORT + 2)) plb=$((PORT + 3)) p
-  for p in $p1 $p2 $plb; do
+  # On the host network every replica needs its own ports: HTTP, and gRPC (the compose
+  # service already holds POLYNL_GRPC_PORT's default, 8001).
+  for p in $p1 $p2 $plb $((p1 + 1000)) $((p2 + 1000)); do
     python3 -c "import socket; socket.socket().bind(('127.0.0.1', $p))" 2>/dev/null || fail "port $p is taken"
   done
   deploy/build-base.sh "$nginx_image" nginx-light
@@ -197,7 +199,7 @@ lb_check() {
   for p in $p1 $p2; do
     workers=$([[ $p == "$p2" ]] && echo 2 || echo 1)
     docker run -d --label polynl-smoke=1 --network host --read-only --tmpfs /tmp \
-      -e POLYNL_HOST=127.0.0.1 -e POLYNL_PORT="$p" -e POLYNL_INTRA_OP_THREADS=1 \
+      -e POLYNL_HOST=127.0.0.1 -e POLYNL_PORT="$p" -e POLYNL_GRPC_PORT="$((p + 1000))" -e POLYNL_INTRA_OP_THREADS=1 \
       -e POLYNL_WORKERS="$workers" "$IMAGE" >/dev/null
   done
   docker run -d --label polynl-smoke=1 --network host --read-only --tmpfs /tmp \
