@@ -161,9 +161,9 @@ def deploy(cluster: LocalCluster, config: Path, replicas: int) -> None:
 def run_ray(repository: Path, concurrency: int, duration_s: float, work: Path) -> dict[str, Any]:
     import logging
 
-    import ray
-
     cluster = LocalCluster(work / "ray", env={"PYTHONPATH": str(ROOT)})
+    import ray  # only now: Ray reads the authentication settings LocalCluster sets when imported
+
     rows: dict[str, Any] = {}
     try:
         cluster.start_node()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -151,6 +152,17 @@ class LocalCluster:
     object_store_bytes: int = 80 * 1024 * 1024
     env: dict[str, str] = field(default_factory=dict)
     nodes: list[RayNode] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Token authentication, as Ray recommends for any cluster, with a token of this cluster
+        # only: without it a token left in ~/.ray/auth_token (any `ray.init()` there makes one)
+        # would turn it on for the nodes but not for every client. Set in os.environ so that every
+        # process started from here (nodes, `serve run`, drivers) has it.
+        self.temp_dir.parent.mkdir(parents=True, exist_ok=True)
+        token = self.temp_dir.parent / "ray-auth-token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
 
     @property
     def address(self) -> str:

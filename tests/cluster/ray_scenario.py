@@ -186,13 +186,14 @@ def answers(url: str, samples: Path) -> dict[str, Any]:
 
 
 def scenario(args: argparse.Namespace, result: dict[str, Any]) -> None:
-    import ray
-    from ray import serve
-
     out = Path(args.out).parent
     log: list[str] = result.setdefault("log", [])
     result["interfaces"] = namespace_interfaces()
     cluster = LocalCluster(out / "ray", env={"PYTHONPATH": str(ROOT)})
+    # Only now: Ray reads its authentication settings, which LocalCluster sets, when imported.
+    import ray
+    from ray import serve
+
     result["_cluster"] = cluster
     t0 = time.monotonic()
     cluster.start_node()
