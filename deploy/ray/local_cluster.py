@@ -11,6 +11,8 @@ runs the caller again inside new network, PID and mount namespaces (``unshare``)
 ``lo`` exists and is up: there is no other address to listen on or to reach, Ray finds
 127.0.0.1 by itself, and when the caller (PID 1 of the namespace) exits the kernel ends every
 process left in it. :func:`socket_audit` lists every inet socket in the namespace.
+The cluster uses Ray's token authentication with a token of its own (:class:`LocalCluster` sets
+it up before Ray is imported).
 """
 
 from __future__ import annotations
