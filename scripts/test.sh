@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the checks: ruff (lint + format), mypy on the whole project, then pytest.
-# Default: the fast suites. With CI=true (or --all) also the slow, docker and browser suites.
+# Default: the fast suites. With CI=true (or --all) also the slow, docker, browser and cluster suites.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -11,7 +11,7 @@ $PY -m ruff check .
 $PY -m ruff format --check .
 echo "==> mypy polynl_core service export models bench"
 $PY -m mypy polynl_core service export models bench
-MARKERS="not slow and not docker and not browser"
+MARKERS="not slow and not docker and not browser and not cluster"
 if [ "${CI:-}" = "true" ] || [ "${1:-}" = "--all" ]; then
   # Everything: slow suites, the docker deploy smoke test (about 7 min cold here; skipped,
   # loudly, where Docker cannot run) and the browser test.
