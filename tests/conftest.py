@@ -309,3 +309,15 @@ def start_server(
     yield start
     for handle in started:
         handle.stop()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch at one thread for the test (modules opt in with ``pytest.mark.usefixtures``):
+    several processes share 2 cores here, and torch's thread pool then slows down ~100x."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,7 @@ from models.retinaface.import_weights import (
 )
 from models.retinaface.net import RetinaFace, RetinaFaceConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # Several processes share 2 cores here; torch's thread pool then slows down ~100x.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _public_model(backbone: str = "mobilenet0.25") -> RetinaFace:

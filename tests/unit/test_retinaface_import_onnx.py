@@ -7,7 +7,6 @@ ONNX Runtime and its own decoding functions, on real photos, versus our PyTorch 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +29,7 @@ retinaface = pytest.importorskip(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _package_decoded(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

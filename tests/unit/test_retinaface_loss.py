@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -11,14 +9,7 @@ from models.retinaface.loss import MultiBoxLoss, box_iou, match
 from models.retinaface.net import RetinaFace
 from models.retinaface.priors import generate_priors, point_form
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # Several processes share 2 cores here; torch's thread pool then slows down ~100x.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_box_iou_matches_a_hand_computed_case() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,7 @@ from models.retinaface.inference import DecodedRetinaFace
 from models.retinaface.net import RetinaFace, RetinaFaceConfig
 from models.retinaface.priors import generate_priors, num_priors
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # Several processes share 2 cores here; torch's thread pool then slows down ~100x.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(("batch", "height", "width"), [(1, 64, 64), (3, 97, 131), (2, 33, 250)])
