@@ -16,6 +16,8 @@ shutdown, which drains the batchers.
 
 Settings: every ``POLYNL_*`` variable of ``runtime_env.env_vars`` in the Serve config, as for
 ``python -m service``; the config's ``args.model_repository`` wins over ``POLYNL_MODEL_REPOSITORY``.
+The Open Inference Protocol's gRPC port is off in replicas (Ray's proxies do not forward to it);
+its REST form (``/v2/...``) goes through Ray's HTTP proxy like every other route.
 """
 
 from __future__ import annotations
@@ -121,7 +123,10 @@ class PolynlServe:
     """One replica: the service's FastAPI app with its own batchers and ONNX Runtime sessions."""
 
     def __init__(self, model_repository: str | None = None) -> None:
-        overrides: dict[str, Any] = {}
+        # No gRPC server in a replica: Ray's proxies route HTTP (and gRPC only to deployment
+        # methods), so nothing would reach it, and two replicas on one node would both want
+        # POLYNL_GRPC_PORT (the second one failed to start).
+        overrides: dict[str, Any] = {"grpc": False}
         if model_repository:
             overrides["model_repository"] = resolve_repository(model_repository)
         self.settings = Settings(**overrides)
