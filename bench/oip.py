@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,19 +34,14 @@ from bench.loadtest.oip import OipTarget, tensor_inputs
 from bench.loadtest.runner import LoadConfig
 from bench.loadtest.targets import load_payloads
 from bench.machine import machine_info, machine_markdown, write_report
+from bench.service import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WAYS = ("oip-grpc tensor", "oip-http tensor", "rest multipart")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(repository: Path, threads: int) -> tuple[subprocess.Popen[bytes], int, int]:
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
         "POLYNL_MODEL_REPOSITORY": str(repository),

@@ -155,16 +155,16 @@ class BatchTracer:
         from opentelemetry.trace import Link
 
         contexts = [context for context, _ in tokens if context.is_valid]
+        links = [Link(other) for other in contexts]  # the same for every input of the batch
+        attributes = {"polynl.model": self.model, "polynl.batch_size": len(tokens)}
         for context, enqueued_ns in tokens:
             if not context.is_valid:
                 continue
             parent = trace.set_span_in_context(trace.NonRecordingSpan(context))
-            attributes = {"polynl.model": self.model, "polynl.batch_size": len(tokens)}
             queue = tracer.start_span(
                 "queue_wait", context=parent, start_time=enqueued_ns, attributes=attributes
             )
             queue.end(end_time=max(enqueued_ns, started_ns))
-            links = [Link(other) for other in contexts]
             inference = tracer.start_span(
                 "inference", context=parent, start_time=started_ns, attributes=attributes, links=links
             )

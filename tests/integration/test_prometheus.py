@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from typing import Any
 import httpx
 import image_cases
 import pytest
-from conftest import SAMPLES, ServerHandle
+from conftest import SAMPLES, ServerHandle, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -72,12 +71,6 @@ def test_every_alert_has_a_description_and_a_runbook_section() -> None:
         assert f"#### {alert.lower()}" in readme, f"no runbook section for {alert}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 SERVER = {
     "POLYNL_MAX_BATCH_SIZE": "2",
     "POLYNL_MAX_WAIT_MS": "10",
@@ -104,7 +97,7 @@ def prometheus(start_server, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "scrape_configs:\n"
         f"  - job_name: polynl\n    static_configs: [{{targets: ['{target}']}}]\n"
     )
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             PROMETHEUS,
