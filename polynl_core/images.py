@@ -8,6 +8,13 @@ EXIF orientation, takes the first frame of animated or multi-page files, and con
 colour mode (CMYK, 16-bit, palette, alpha, LA, I;16, float...) to 8-bit RGB instead of
 rejecting it (transparent pixels are composited on white).
 
+A consumer that needs far fewer pixels than a JPEG has (a 32x32 classifier, a 640x640
+detector bucket, given a 12-megapixel photo) passes ``min_size`` to :func:`load_image`: the
+JPEG is then decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's own scaling,
+through Pillow's ``draft``), the largest reduction that keeps both sides at least
+``min_size``. The result says by how much (``reduction``) and keeps the original size, so
+that coordinates map back exactly.
+
 Failures raise an :class:`ImageError` whose ``code`` says what went wrong
 (``empty_body``, ``unsupported_image``, ``corrupt_image``, ``image_too_large``);
 ``service/errors.py`` maps each code to its HTTP status in one table.
@@ -68,17 +75,52 @@ def is_image_file(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image  # RGB, EXIF orientation applied
+    image: Image.Image  # RGB, EXIF orientation applied; ``reduction`` times smaller than ``size``
     format: str  # what Pillow identified ("JPEG", "PNG", ...)
     original_mode: str
+    size: tuple[int, int]  # (width, height) of the full-size picture, EXIF orientation applied
+    reduction: int = 1  # original pixels per decoded pixel along each axis (1, 2, 4 or 8)
 
     @property
     def width(self) -> int:
-        return self.image.size[0]
+        return self.size[0]
 
     @property
     def height(self) -> int:
-        return self.image.size[1]
+        return self.size[1]
+
+
+# EXIF orientations that swap width and height (transpose, 90 degrees, transverse, 270 degrees).
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_ORIENTATION_TAG = 0x0112
+
+
+def _swaps_axes(image: Image.Image) -> bool:
+    try:
+        return image.getexif().get(_ORIENTATION_TAG) in _SWAPPING_ORIENTATIONS
+    except Exception:  # a broken EXIF block: exif_transpose will ignore it as well
+        return False
+
+
+def display_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image once its EXIF orientation is applied (header only)."""
+    width, height = image.size
+    return (height, width) if _swaps_axes(image) else (width, height)
+
+
+def _reduce_jpeg(image: Image.Image, min_size: tuple[int, int]) -> int:
+    """Ask libjpeg for a DCT-scaled decode that keeps both sides >= ``min_size`` (display
+    orientation); the reduction it chose (1 when it cannot reduce)."""
+    if image.format != "JPEG":
+        return 1
+    width, height = min_size
+    if _swaps_axes(image):
+        width, height = height, width
+    stored_width = image.size[0]
+    drafted = image.draft(image.mode, (max(1, width), max(1, height)))
+    if drafted is None:
+        return 1
+    return max(1, round(stored_width / drafted[1][2]))
 
 
 def allow_pixels(max_image_pixels: int) -> None:
@@ -163,11 +205,18 @@ def decode_image(data: bytes, max_image_pixels: int) -> DecodedImage:
     return load_image(open_image(data, max_image_pixels), max_image_pixels)
 
 
-def load_image(image: Image.Image, max_image_pixels: int) -> DecodedImage:
-    """An image from :func:`open_image` -> RGB image, or an :class:`ImageError` (decodes the pixels)."""
+def load_image(
+    image: Image.Image, max_image_pixels: int, min_size: tuple[int, int] | None = None
+) -> DecodedImage:
+    """An image from :func:`open_image` -> RGB image, or an :class:`ImageError` (decodes the pixels).
+
+    ``min_size`` (width, height after EXIF orientation): the fewest pixels the caller needs;
+    a JPEG may then be decoded smaller (see the module docstring)."""
     image_format = str(image.format or "unknown")
     original_mode = image.mode
+    original_size = display_size(image)
     try:
+        reduction = _reduce_jpeg(image, min_size) if min_size is not None else 1
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)  # animated / multi-page: the first frame is the picture
         image.load()
@@ -180,7 +229,11 @@ def load_image(image: Image.Image, max_image_pixels: int) -> DecodedImage:
         # Truncated data, broken chunks, bad EXIF: the format was recognised but is unusable.
         raise CorruptImage(f"the {image_format} image cannot be decoded (truncated or corrupt)") from exc
     _check_pixels(rgb, max_image_pixels)
-    return DecodedImage(image=rgb, format=image_format, original_mode=original_mode)
+    if reduction == 1:
+        original_size = rgb.size  # what was decoded is the picture (EXIF applied or not)
+    return DecodedImage(
+        image=rgb, format=image_format, original_mode=original_mode, size=original_size, reduction=reduction
+    )
 
 
 def read_rgb(source: str | Path | bytes, max_image_pixels: int = FILE_MAX_PIXELS) -> Image.Image:

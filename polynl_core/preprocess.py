@@ -18,10 +18,22 @@ from polynl_core.repository import Preprocess
 
 def normalize(rgb: np.ndarray, preprocess: Preprocess) -> np.ndarray:
     """HWC uint8 RGB -> CHW float32 ``(x / 255 - mean) / std``."""
-    mean = np.asarray(preprocess.mean, dtype=np.float32)
-    std = np.asarray(preprocess.std, dtype=np.float32)
-    chw = (rgb.astype(np.float32) / 255.0 - mean) / std
-    return np.ascontiguousarray(chw.transpose(2, 0, 1))
+    height, width = rgb.shape[:2]
+    out = np.empty((3, height, width), dtype=np.float32)
+    normalize_into(rgb, preprocess, out)
+    return out
+
+
+def normalize_into(rgb: np.ndarray, preprocess: Preprocess, out: np.ndarray) -> None:
+    """:func:`normalize` written into ``out`` (a (3, H, W) float32 array or view, e.g. the
+    top-left corner of a padded bucket): one fused multiply-subtract pass, no temporaries."""
+    mean = np.asarray(preprocess.mean, dtype=np.float64)
+    std = np.asarray(preprocess.std, dtype=np.float64)
+    # (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std
+    gain = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+    bias = (mean / std).astype(np.float32)[:, None, None]
+    np.multiply(rgb.transpose(2, 0, 1), gain, out=out, casting="unsafe")
+    out -= bias
 
 
 # Largest intermediate image (in multiples of the model's input area) that classifier_input
@@ -83,7 +95,7 @@ def pad_into(
     bucket_h, bucket_w = bucket
     new_w, new_h = fitted.size
     tensor = np.full((3, bucket_h, bucket_w), preprocess.pad_value, dtype=np.float32)
-    tensor[:, :new_h, :new_w] = normalize(np.asarray(fitted, dtype=np.uint8), preprocess)
+    normalize_into(np.asarray(fitted, dtype=np.uint8), preprocess, tensor[:, :new_h, :new_w])
     # The exact scale actually applied on each axis can differ by rounding; use the x/y mean
     # of the realised scales so the mapping back is exact to within a fraction of a pixel.
     width, height = original_size

@@ -9,6 +9,11 @@ slice of every model output. One :class:`Batcher` per model:
 - batches are keyed by the array's shape, so detection size buckets never mix; the worker
   serves the shape whose oldest request has waited longest, and sends a batch when it holds
   ``max_batch_size`` arrays or ``max_wait_s`` has passed since its oldest request;
+- a group of arrays of different shapes (one image's detector pyramid levels,
+  :meth:`Batcher.submit_group`) runs together: when one member's batch is sent, a batch of
+  each other member's shape (members first, then whatever else waits in that shape) is sent
+  in the same run, back to back in the inference thread, so the levels never queue behind
+  one another;
 - each request carries a deadline; at the deadline the caller gets
   :class:`DeadlineExceeded` (504) and its array leaves the queue, so it never costs an
   inference slot; a caller that is cancelled (client disconnected) leaves the queue too;
@@ -69,7 +74,7 @@ class _NoObserver:
 
 @dataclass(frozen=True)
 class BatchTiming:
-    queue_ms: float  # enqueue -> start of the inference call
+    queue_ms: float  # enqueue -> start of the run holding its batch (a group's batches: one run)
     inference_ms: float  # the whole batch's call
     batch_size: int
 
@@ -88,16 +93,28 @@ class _Item:
     deadline: float  # loop.time()
     tag: str = ""  # the caller's label for logs (the service passes the request id)
     trace: tuple[object, int] | None = None  # the caller's span context and enqueue time (tracing on)
+    group: list[_Item] | None = None  # the items submitted together with this one (submit_group)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
 
 
 def _stack_and_predict(
-    predict: PredictFn, arrays: Sequence[np.ndarray]
-) -> tuple[dict[str, np.ndarray], float]:
-    """Runs in the inference thread: the stacking copy stays off the event loop too."""
-    batch = np.stack(arrays)
-    started = time.perf_counter()
-    outputs = predict(batch)
-    return outputs, time.perf_counter() - started
+    predict: PredictFn, batches: Sequence[Sequence[np.ndarray]]
+) -> list[tuple[dict[str, np.ndarray], float] | Exception]:
+    """Runs in the inference thread: each batch stacked (the copy stays off the event loop
+    too) and predicted, one after another; a failing batch gives its exception, not the run's."""
+    done: list[tuple[dict[str, np.ndarray], float] | Exception] = []
+    for arrays in batches:
+        try:
+            batch = np.stack(arrays)
+            started = time.perf_counter()
+            outputs = predict(batch)
+            done.append((outputs, time.perf_counter() - started))
+        except Exception as exc:
+            done.append(exc)
+    return done
 
 
 class Batcher:
@@ -155,43 +172,80 @@ class Batcher:
 
     async def submit(self, array: np.ndarray, deadline: float, tag: str = "") -> BatchResult:
         """Queue one array; wait for its outputs until ``deadline`` (``loop.time()`` based)."""
+        (result,) = await self.submit_group([array], deadline, tag)
+        return result
+
+    async def submit_group(
+        self, arrays: Sequence[np.ndarray], deadline: float, tag: str = ""
+    ) -> list[BatchResult]:
+        """Queue arrays that belong together (of any shapes: they run in one run, see the
+        module docstring); wait for all their outputs until ``deadline``."""
         self.check_room()
         loop = asyncio.get_running_loop()
-        item = _Item(
-            array=array, future=loop.create_future(), enqueued_at=loop.time(), deadline=deadline, tag=tag
-        )
-        if self._tracer is not None:
-            item.trace = self._tracer.capture()
-        queue = self._pending.setdefault(tuple(array.shape), deque())
-        queue.append(item)
-        self._set_depth(self._depth + 1)
+        now = loop.time()
+        trace = self._tracer.capture() if self._tracer is not None else None
+        items = [
+            _Item(
+                array=array,
+                future=loop.create_future(),
+                enqueued_at=now,
+                deadline=deadline,
+                tag=tag,
+                trace=trace,
+            )
+            for array in arrays
+        ]
+        wake = not self._depth
+        for item in items:
+            if len(items) > 1:
+                item.group = items
+            queue = self._pending.setdefault(item.shape, deque())
+            queue.append(item)
+            wake = wake or len(queue) >= self.max_batch_size
+        self._set_depth(self._depth + len(items))
         # Wake the worker only when it has a new decision to make (work after idling, or a
         # full batch); waking it for every arrival costs a wake-up and a timer per request.
-        if self._depth == 1 or len(queue) >= self.max_batch_size:
+        if wake:
             self._wake.set()
+        futures = [item.future for item in items]
+        waiting: asyncio.Future[BatchResult] | asyncio.Future[list[BatchResult]]
+        if len(futures) == 1:
+            waiting = futures[0]
+        else:
+            waiting = asyncio.gather(*futures)
+            # Abandoned, the gathering future ends with an error nobody awaits: mark it read.
+            waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, deadline - loop.time()))
+            done = await asyncio.wait_for(asyncio.shield(waiting), max(0.0, deadline - loop.time()))
         except TimeoutError:
-            self._abandon(item)
+            self._abandon_all(items)
             self._observer.dropped("deadline")
             raise DeadlineExceeded(f"no answer within the request deadline (model {self.name!r})") from None
         except asyncio.CancelledError:
-            self._abandon(item)
+            self._abandon_all(items)
             self._observer.dropped("cancelled")
             raise
+        except BaseException:
+            self._abandon_all(items)  # one batch of the group failed: the others are not needed
+            raise
+        return [done] if len(futures) == 1 else list(done)
+
+    def _abandon_all(self, items: Sequence[_Item]) -> None:
+        for item in items:
+            self._abandon(item)
 
     def _abandon(self, item: _Item) -> None:
         """The caller gave up: leave the queue so the item costs no inference slot."""
         if not item.future.done():
             item.future.cancel()
-        queue = self._pending.get(tuple(item.array.shape))
+        queue = self._pending.get(item.shape)
         if queue is not None:
             try:
                 queue.remove(item)
             except ValueError:
                 return  # already taken into a batch
             if not queue:
-                del self._pending[tuple(item.array.shape)]
+                del self._pending[item.shape]
             self._set_depth(self._depth - 1)
 
     def _set_depth(self, depth: int) -> None:
@@ -207,14 +261,16 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            items = await self._next_batch()
-            if items:
-                await self._run(items)
+            batches = await self._next_batch()
+            if batches:
+                await self._run(batches)
 
     def _oldest_shape(self) -> tuple[int, ...]:
         return min(self._pending, key=lambda shape: self._pending[shape][0].enqueued_at)
 
-    async def _next_batch(self) -> list[_Item]:
+    async def _next_batch(self) -> list[list[_Item]]:
+        """The next run: a batch of the oldest shape, plus a batch of each shape that holds
+        members of the groups in it."""
         loop = asyncio.get_running_loop()
         shape = self._oldest_shape()
         queue = self._pending[shape]
@@ -227,57 +283,85 @@ class Batcher:
                 await asyncio.wait_for(self._wake.wait(), remaining)
             except TimeoutError:
                 break
-        queue = self._pending.get(shape, deque())
-        taken = [queue.popleft() for _ in range(min(len(queue), self.max_batch_size))]
-        if not queue:
-            self._pending.pop(shape, None)
-        self._set_depth(self._depth - len(taken))
+        batches = []
+        first = self._take(shape, [])
+        if first:
+            batches.append(first)
+        members = [m for item in first if item.group for m in item.group if m not in first]
+        for other in dict.fromkeys(m.shape for m in members):
+            batch = self._take(other, [m for m in members if m.shape == other])
+            if batch:
+                batches.append(batch)
         now = loop.time()
         alive = []
-        for item in taken:
-            if item.future.done():
-                continue
-            if item.deadline <= now:
-                item.future.set_exception(DeadlineExceeded("the request deadline passed while queued"))
-                self._observer.dropped("deadline")
-                continue
-            alive.append(item)
+        for batch in batches:
+            live = []
+            for item in batch:
+                if item.future.done():
+                    continue
+                if item.deadline <= now:
+                    item.future.set_exception(DeadlineExceeded("the request deadline passed while queued"))
+                    self._observer.dropped("deadline")
+                    continue
+                live.append(item)
+            if live:
+                alive.append(live)
         return alive
 
-    async def _run(self, items: list[_Item]) -> None:
+    def _take(self, shape: tuple[int, ...], first: list[_Item]) -> list[_Item]:
+        """Up to ``max_batch_size`` queued items of ``shape``: those in ``first`` that are
+        still queued, then the oldest others."""
+        queue = self._pending.get(shape)
+        if not queue:
+            return []
+        chosen = [item for item in first if item in queue][: self.max_batch_size]
+        for item in chosen:
+            queue.remove(item)
+        while queue and len(chosen) < self.max_batch_size:
+            chosen.append(queue.popleft())
+        if not queue:
+            self._pending.pop(shape, None)
+        self._set_depth(self._depth - len(chosen))
+        return chosen
+
+    async def _run(self, batches: list[list[_Item]]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         started_ns = time.time_ns() if self._tracer is not None else 0
-        try:
-            outputs, seconds = await loop.run_in_executor(
-                self._executor, _stack_and_predict, self._predict, [item.array for item in items]
-            )
-        except Exception:
-            logger.exception(
-                "inference failed for a batch of %d on model %s (requests: %s)",
-                len(items),
-                self.name,
-                ", ".join(item.tag for item in items),
-            )
-            for item in items:
-                if not item.future.done():
-                    item.future.set_exception(InferenceFailed("inference failed for this request's batch"))
-            return
-        self.batches_run += 1
-        self._observer.batch_done(len(items), seconds)
-        if self._tracer is not None:
-            tokens = [item.trace for item in items if item.trace is not None]
-            self._tracer.batch_done(tokens, started_ns, time.time_ns())
-        logger.debug("model %s: batch of %d in %.1f ms", self.name, len(items), seconds * 1000)
-        for index, item in enumerate(items):
-            if item.future.done():
-                continue  # gave up while the batch ran; its slice is dropped
-            timing = BatchTiming(
-                queue_ms=(started - item.enqueued_at) * 1000.0,
-                inference_ms=seconds * 1000.0,
-                batch_size=len(items),
-            )
-            item.future.set_result(BatchResult({k: v[index] for k, v in outputs.items()}, timing))
+        done = await loop.run_in_executor(
+            self._executor, _stack_and_predict, self._predict, [[item.array for item in b] for b in batches]
+        )
+        for items, outcome in zip(batches, done, strict=True):
+            if isinstance(outcome, Exception):
+                logger.error(
+                    "inference failed for a batch of %d on model %s (requests: %s)",
+                    len(items),
+                    self.name,
+                    ", ".join(item.tag for item in items),
+                    exc_info=outcome,
+                )
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(
+                            InferenceFailed("inference failed for this request's batch")
+                        )
+                continue
+            outputs, seconds = outcome
+            self.batches_run += 1
+            self._observer.batch_done(len(items), seconds)
+            if self._tracer is not None:
+                tokens = [item.trace for item in items if item.trace is not None]
+                self._tracer.batch_done(tokens, started_ns, time.time_ns())
+            logger.debug("model %s: batch of %d in %.1f ms", self.name, len(items), seconds * 1000)
+            for index, item in enumerate(items):
+                if item.future.done():
+                    continue  # gave up while the batch ran; its slice is dropped
+                timing = BatchTiming(
+                    queue_ms=(started - item.enqueued_at) * 1000.0,
+                    inference_ms=seconds * 1000.0,
+                    batch_size=len(items),
+                )
+                item.future.set_result(BatchResult({k: v[index] for k, v in outputs.items()}, timing))
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Stop accepting, finish what is queued, then stop the worker."""

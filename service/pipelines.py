@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from polynl_core.buckets import choose_bucket
-from polynl_core.images import load_image, open_image
+from polynl_core.images import DecodedImage, display_size, load_image, open_image
 from polynl_core.postprocess import faces_to_original, select_faces, softmax, top_k
 from polynl_core.preprocess import classifier_input
 from polynl_core.pyramid import LevelOutput, level_bucket, merge_levels, pyramid_inputs
@@ -173,8 +174,14 @@ class ModelPipeline(ABC, Generic[ParamsT, AnswerT]):
         """Every input shape this pipeline will send to the session."""
 
     @abstractmethod
-    def preprocess(self, image: Image.Image) -> list[tuple[np.ndarray, float]]:
-        """(network input, scale) for the image: the main input first, then any pyramid levels."""
+    def preprocess(self, decoded: DecodedImage) -> list[tuple[np.ndarray, float]]:
+        """(network input, scale) for the image: the main input first, then any pyramid
+        levels; each scale in input pixels per pixel of the full-size picture."""
+
+    def needed_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The fewest pixels (width, height) :meth:`preprocess` needs from a picture of
+        ``width`` x ``height``: a JPEG is decoded no larger than that (None: full size)."""
+        return None
 
     def check(self, params: ParamsT) -> None:
         """Reject parameters this model cannot honour (before any image is decoded)."""
@@ -197,9 +204,11 @@ class ModelPipeline(ABC, Generic[ParamsT, AnswerT]):
         return self._finish(open_image(data, self.settings.max_image_pixels), started)
 
     def _finish(self, image: Image.Image, started: float) -> Prepared:
-        """Decode the pixels of an opened image and preprocess them."""
-        decoded = load_image(image, self.settings.max_image_pixels)
-        (array, scale), *levels = self.preprocess(decoded.image)
+        """Decode the pixels of an opened image (no more of them than the model needs) and
+        preprocess them."""
+        min_size = self.needed_size(*display_size(image)) if self.settings.reduced_decode else None
+        decoded = load_image(image, self.settings.max_image_pixels, min_size)
+        (array, scale), *levels = self.preprocess(decoded)
         return Prepared(
             array=array,
             width=decoded.width,
@@ -233,15 +242,9 @@ class ModelPipeline(ABC, Generic[ParamsT, AnswerT]):
         if not prepared.levels:
             result = await self.batcher.submit(prepared.array, deadline, tag)
             return ImageOutcome(index=index, upload=upload, prepared=prepared, result=result)
-        # Pyramid levels have other shapes, so they ride in other batches, at the same time.
+        # Pyramid levels have other shapes: submitted as a group, they run back to back.
         arrays = [prepared.array, *(array for array, _ in prepared.levels)]
-        submitted = [asyncio.ensure_future(self.batcher.submit(a, deadline, tag)) for a in arrays]
-        try:
-            result, *level_results = await asyncio.gather(*submitted)
-        except BaseException:
-            for future in submitted:
-                future.cancel()
-            raise
+        result, *level_results = await self.batcher.submit_group(arrays, deadline, tag)
         return ImageOutcome(index, upload, prepared, result, level_results=tuple(level_results))
 
     async def infer(
@@ -275,8 +278,14 @@ class ClassifierPipeline(ModelPipeline[ClassifyParams, Classification]):
         sizes = sorted({1, self.serving.max_batch_size})
         return [(n, 3, height, width) for n in sizes]
 
-    def preprocess(self, image: Image.Image) -> list[tuple[np.ndarray, float]]:
-        return [(classifier_input(image, self.config.preprocess), 1.0)]
+    def preprocess(self, decoded: DecodedImage) -> list[tuple[np.ndarray, float]]:
+        return [(classifier_input(decoded.image, self.config.preprocess), 1.0)]
+
+    def needed_size(self, width: int, height: int) -> tuple[int, int] | None:
+        # classifier_input scales the shorter side (relative to the input) to the input size.
+        target_h, target_w = self._size()
+        scale = max(target_w / width, target_h / height)
+        return math.ceil(width * scale), math.ceil(height * scale)
 
     def check(self, params: ClassifyParams) -> None:
         labels = len(self.config.labels)
@@ -325,11 +334,18 @@ class DetectorPipeline(ModelPipeline[DetectParams, Detection]):
             buckets += [level_bucket(bucket, factor) for factor in self.pyramid]
         return [(1, 3, h, w) for h, w in dict.fromkeys(buckets)]
 
-    def preprocess(self, image: Image.Image) -> list[tuple[np.ndarray, float]]:
-        width, height = image.size
-        bucket = choose_bucket(width, height, self.buckets)
-        inputs = pyramid_inputs(image, bucket, self.config.preprocess, self.pyramid)
-        return [(boxed.tensor, boxed.scale) for boxed in inputs]
+    def preprocess(self, decoded: DecodedImage) -> list[tuple[np.ndarray, float]]:
+        # The bucket is chosen for the full-size picture, whatever size it was decoded at;
+        # a decoded pixel is ``reduction`` pixels of the picture.
+        bucket = choose_bucket(decoded.width, decoded.height, self.buckets)
+        inputs = pyramid_inputs(decoded.image, bucket, self.config.preprocess, self.pyramid)
+        return [(boxed.tensor, boxed.scale / decoded.reduction) for boxed in inputs]
+
+    def needed_size(self, width: int, height: int) -> tuple[int, int] | None:
+        # letterbox (fit_into) never upscales: the picture as it will sit in its bucket.
+        bucket_h, bucket_w = choose_bucket(width, height, self.buckets)
+        scale = min(1.0, bucket_h / height, bucket_w / width)
+        return math.ceil(width * scale), math.ceil(height * scale)
 
     def check(self, params: DetectParams) -> None:
         if params.max_faces > self.settings.max_faces_limit:

@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest width*height decoded.")
     max_images_per_request: int = Field(default=16, ge=1)
     decode_threads: int = Field(default=4, ge=1, description="Threads for decoding and preprocessing.")
+    reduced_decode: bool = Field(
+        default=True,
+        description="Decode a JPEG at 1/2, 1/4 or 1/8 scale (in the DCT domain) when the model "
+        "needs that few pixels (a large photo to a small input); false = always full size.",
+    )
     inline_decode_max_pixels: int = Field(
         default=128 * 128,
         ge=0,

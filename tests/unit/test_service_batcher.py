@@ -187,3 +187,49 @@ def test_stop_finishes_queued_requests_then_refuses_new_ones() -> None:
             await batcher.submit(np.zeros(1, np.float32), far())
 
     asyncio.run(scenario())
+
+
+def test_a_group_of_shapes_runs_in_one_run_with_what_waits_in_those_shapes() -> None:
+    async def scenario() -> None:
+        model = Model(delay_s=0.02)
+        batcher = make(model, max_wait_s=0.05)
+        batcher.start()
+        levels = [np.ones((3, size, size), np.float32) for size in (8, 4, 2)]
+        # Another image's level of the smallest shape is waiting already: it joins the run.
+        other = asyncio.ensure_future(batcher.submit(np.zeros((3, 2, 2), np.float32), far()))
+        group = await batcher.submit_group(levels, far())
+        await other
+        await batcher.stop()
+        assert sorted(model.batches) == [(1, 3, 4, 4), (1, 3, 8, 8), (2, 3, 2, 2)]
+        for array, result in zip(levels, group, strict=True):
+            np.testing.assert_array_equal(result.outputs["out"], array * 2)
+        # One run: the levels did not queue behind each other's inference.
+        assert len({round(r.timing.queue_ms, 6) for r in group}) == 1
+        assert all(r.timing.inference_ms >= 20 for r in group)
+
+    asyncio.run(scenario())
+
+
+def test_a_group_fails_together_and_leaves_nothing_queued() -> None:
+    async def scenario() -> None:
+        model = Model(fail_on=2)  # the group's second batch fails
+        batcher = make(model, max_wait_s=0.0)
+        batcher.start()
+        with pytest.raises(InferenceFailed):
+            await batcher.submit_group([np.ones((2,), np.float32), np.ones((3,), np.float32)], far())
+        assert batcher.depth == 0
+        loop = asyncio.get_running_loop()
+        slow = make(Model(delay_s=0.3), max_batch_size=1, max_wait_s=0.0)
+        slow.start()
+        first = asyncio.ensure_future(slow.submit(np.zeros(1, np.float32), far()))
+        await asyncio.sleep(0.01)
+        with pytest.raises(DeadlineExceeded):
+            await slow.submit_group(
+                [np.ones((2,), np.float32), np.ones((3,), np.float32)], loop.time() + 0.05
+            )
+        assert slow.depth == 0
+        await first
+        await slow.stop()
+        await batcher.stop()
+
+    asyncio.run(scenario())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 import image_cases
@@ -9,7 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polynl_core.images import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImage, decode_image
+from polynl_core.images import (
+    CorruptImage,
+    EmptyImage,
+    ImageTooLarge,
+    UnsupportedImage,
+    decode_image,
+    load_image,
+    open_image,
+)
 
 LIMIT = 40_000_000
 
@@ -102,3 +111,50 @@ def test_decoded_image_is_independent_of_the_input_buffer() -> None:
     decoded = decode_image(bytes(data), LIMIT)
     assert isinstance(decoded.image, Image.Image)
     assert decoded.format == "PNG"
+
+
+def _jpeg(size: tuple[int, int], orientation: int | None = None) -> bytes:
+    image = Image.radial_gradient("L").resize(size).convert("RGB")
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, exif=exif.tobytes())
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("size", "orientation", "min_size", "reduction", "decoded", "picture"),
+    [
+        ((2000, 1500), None, (200, 150), 8, (250, 188), (2000, 1500)),
+        ((2000, 1500), None, (600, 450), 2, (1000, 750), (2000, 1500)),
+        ((2000, 1500), None, (1999, 1500), 1, (2000, 1500), (2000, 1500)),
+        # Stored 2000x1000, shown rotated (EXIF 6): the minimum is in display orientation.
+        ((2000, 1000), 6, (250, 500), 4, (250, 500), (1000, 2000)),
+        ((2000, 1000), 6, (500, 250), 2, (500, 1000), (1000, 2000)),
+    ],
+)
+def test_a_jpeg_is_decoded_no_larger_than_needed(
+    size: tuple[int, int],
+    orientation: int | None,
+    min_size: tuple[int, int],
+    reduction: int,
+    decoded: tuple[int, int],
+    picture: tuple[int, int],
+) -> None:
+    data = _jpeg(size, orientation)
+    result = load_image(open_image(data, 40_000_000), 40_000_000, min_size)
+    assert (result.reduction, result.image.size, result.size) == (reduction, decoded, picture)
+    assert result.image.size[0] >= min_size[0] and result.image.size[1] >= min_size[1]
+    full = decode_image(data, 40_000_000)
+    assert full.size == picture and full.reduction == 1
+    # The reduced decode is the full one, averaged: compare after the same downscale.
+    small = np.asarray(full.image.resize(result.image.size, Image.Resampling.BOX), dtype=np.float64)
+    assert np.abs(small - np.asarray(result.image, dtype=np.float64)).mean() < 3.0
+
+
+def test_only_jpegs_are_decoded_reduced() -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (800, 800), (10, 20, 30)).save(out, "PNG")
+    result = load_image(open_image(out.getvalue(), 40_000_000), 40_000_000, (100, 100))
+    assert (result.reduction, result.image.size, result.size) == (1, (800, 800), (800, 800))
