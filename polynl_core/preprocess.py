@@ -8,6 +8,7 @@ and converted to RGB (see ``polynl_core/images.py``). NumPy and Pillow only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,25 @@ def classifier_input(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     image = image.crop((left, top, left + target_w, top + target_h))
     return normalize(np.asarray(image, dtype=np.uint8), preprocess)
+
+
+def classifier_needed_size(width: int, height: int, preprocess: Preprocess) -> tuple[int, int]:
+    """The fewest pixels (width, height) :func:`classifier_input` uses from a picture of that
+    size: its shorter side (relative to the input) at the input size. A JPEG may be decoded
+    this small (``polynl_core.images.load_image``'s ``min_size``)."""
+    if preprocess.size is None:
+        raise ValueError("classifier preprocessing needs a fixed size")
+    target_h, target_w = preprocess.size
+    scale = max(target_w / width, target_h / height)
+    return math.ceil(width * scale), math.ceil(height * scale)
+
+
+def letterbox_needed_size(width: int, height: int, bucket: tuple[int, int]) -> tuple[int, int]:
+    """The fewest pixels (width, height) :func:`letterbox` uses from a picture of that size in
+    ``bucket``: the picture as it sits in the bucket (never upscaled)."""
+    bucket_h, bucket_w = bucket
+    scale = min(1.0, bucket_h / height, bucket_w / width)
+    return math.ceil(width * scale), math.ceil(height * scale)
 
 
 @dataclass(frozen=True)

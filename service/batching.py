@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -208,7 +208,7 @@ class Batcher:
         if wake:
             self._wake.set()
         futures = [item.future for item in items]
-        waiting: asyncio.Future[BatchResult] | asyncio.Future[list[BatchResult]]
+        waiting: asyncio.Future[Any]
         if len(futures) == 1:
             waiting = futures[0]
         else:
@@ -216,7 +216,7 @@ class Batcher:
             # Abandoned, the gathering future ends with an error nobody awaits: mark it read.
             waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            done = await asyncio.wait_for(asyncio.shield(waiting), max(0.0, deadline - loop.time()))
+            done: Any = await asyncio.wait_for(asyncio.shield(waiting), max(0.0, deadline - loop.time()))
         except TimeoutError:
             self._abandon_all(items)
             self._observer.dropped("deadline")
@@ -228,7 +228,8 @@ class Batcher:
         except BaseException:
             self._abandon_all(items)  # one batch of the group failed: the others are not needed
             raise
-        return [done] if len(futures) == 1 else list(done)
+        results: list[BatchResult] = [done] if isinstance(done, BatchResult) else list(done)
+        return results
 
     def _abandon_all(self, items: Sequence[_Item]) -> None:
         for item in items:

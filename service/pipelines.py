@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -27,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 from polynl_core.buckets import choose_bucket
-from polynl_core.images import DecodedImage, display_size, load_image, open_image
+from polynl_core.images import DecodedImage, ImageError, display_size, load_image, open_image
 from polynl_core.postprocess import faces_to_original, select_faces, softmax, top_k
-from polynl_core.preprocess import classifier_input
+from polynl_core.preprocess import classifier_input, classifier_needed_size, letterbox_needed_size
 from polynl_core.pyramid import LevelOutput, level_bucket, merge_levels, pyramid_inputs
 from polynl_core.repository import LoadedModel, ModelConfig
 from polynl_core.tasks import DETECTOR_OUTPUTS, Task
@@ -83,7 +82,28 @@ class ImageOutcome:
         return (self.result, *self.level_results)
 
 
-async def _first_error_or_all(tasks: list[asyncio.Task[ImageOutcome]]) -> list[ImageOutcome]:
+@dataclass(frozen=True)
+class FailedImage:
+    """One image of a request that could not be read: the others are still answered."""
+
+    index: int  # position of the image in its request
+    upload: Upload
+    error: ImageError
+
+
+Outcome = ImageOutcome | FailedImage
+
+
+def all_or_first_failure(outcomes: Sequence[Outcome]) -> list[ImageOutcome]:
+    """Every outcome, or the first unreadable image's error (protocols that answer a
+    request all or nothing, such as the Open Inference Protocol, use this)."""
+    for outcome in outcomes:
+        if isinstance(outcome, FailedImage):
+            raise outcome.error
+    return [outcome for outcome in outcomes if isinstance(outcome, ImageOutcome)]
+
+
+async def _first_error_or_all(tasks: list[asyncio.Task[Outcome]]) -> list[Outcome]:
     """All results in order, or the first failure after cancelling the rest."""
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -236,9 +256,12 @@ class ModelPipeline(ABC, Generic[ParamsT, AnswerT]):
 
     async def _one(
         self, index: int, upload: Upload, decode_pool: Executor, deadline: float, tag: str
-    ) -> ImageOutcome:
-        with tracing.step("decode", **{"polynl.model": self.label, "polynl.image_index": index}):
-            prepared = await self._prepare(upload.data, decode_pool)
+    ) -> Outcome:
+        try:
+            with tracing.step("decode", **{"polynl.model": self.label, "polynl.image_index": index}):
+                prepared = await self._prepare(upload.data, decode_pool)
+        except ImageError as error:
+            return FailedImage(index, upload, error)
         if not prepared.levels:
             result = await self.batcher.submit(prepared.array, deadline, tag)
             return ImageOutcome(index=index, upload=upload, prepared=prepared, result=result)
@@ -249,19 +272,29 @@ class ModelPipeline(ABC, Generic[ParamsT, AnswerT]):
 
     async def infer(
         self, uploads: Sequence[Upload], decode_pool: Executor, deadline: float, tag: str = ""
-    ) -> list[ImageOutcome]:
+    ) -> list[Outcome]:
         """Every image of one request through decode and the batcher, concurrently.
 
+        An image that cannot be read becomes a :class:`FailedImage` and the others go on;
+        when none can be read, the first one's :class:`ImageError` is raised (the request
+        fails as a whole). Any other error (overload, deadline, inference) fails the request.
         ``tag`` (the request id) labels the request's images in the batcher's logs."""
         # Under overload, refuse before decoding: a 503 should cost the server nothing.
         self.batcher.check_room()
         if len(uploads) == 1:
             # The common case needs no task per image (cancellation reaches _one directly).
-            return [await self._one(0, uploads[0], decode_pool, deadline, tag)]
-        tasks = [
-            asyncio.ensure_future(self._one(i, u, decode_pool, deadline, tag)) for i, u in enumerate(uploads)
-        ]
-        return await _first_error_or_all(tasks)
+            outcomes = [await self._one(0, uploads[0], decode_pool, deadline, tag)]
+        else:
+            tasks = [
+                asyncio.ensure_future(self._one(i, u, decode_pool, deadline, tag))
+                for i, u in enumerate(uploads)
+            ]
+            outcomes = await _first_error_or_all(tasks)
+        if all(isinstance(outcome, FailedImage) for outcome in outcomes):
+            first = outcomes[0]
+            assert isinstance(first, FailedImage)
+            raise first.error
+        return outcomes
 
 
 class ClassifierPipeline(ModelPipeline[ClassifyParams, Classification]):
@@ -282,10 +315,7 @@ class ClassifierPipeline(ModelPipeline[ClassifyParams, Classification]):
         return [(classifier_input(decoded.image, self.config.preprocess), 1.0)]
 
     def needed_size(self, width: int, height: int) -> tuple[int, int] | None:
-        # classifier_input scales the shorter side (relative to the input) to the input size.
-        target_h, target_w = self._size()
-        scale = max(target_w / width, target_h / height)
-        return math.ceil(width * scale), math.ceil(height * scale)
+        return classifier_needed_size(width, height, self.config.preprocess)
 
     def check(self, params: ClassifyParams) -> None:
         labels = len(self.config.labels)
@@ -342,10 +372,7 @@ class DetectorPipeline(ModelPipeline[DetectParams, Detection]):
         return [(boxed.tensor, boxed.scale / decoded.reduction) for boxed in inputs]
 
     def needed_size(self, width: int, height: int) -> tuple[int, int] | None:
-        # letterbox (fit_into) never upscales: the picture as it will sit in its bucket.
-        bucket_h, bucket_w = choose_bucket(width, height, self.buckets)
-        scale = min(1.0, bucket_h / height, bucket_w / width)
-        return math.ceil(width * scale), math.ceil(height * scale)
+        return letterbox_needed_size(width, height, choose_bucket(width, height, self.buckets))
 
     def check(self, params: DetectParams) -> None:
         if params.max_faces > self.settings.max_faces_limit:

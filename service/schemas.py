@@ -27,7 +27,7 @@ class ModelRef(BaseModel):
 class Timing(BaseModel):
     """Milliseconds spent per step for this request."""
 
-    decode_ms: float = Field(description="Decoding and preprocessing, summed over the images.")
+    decode_ms: float = Field(description="Decoding and preprocessing, summed over the answered images.")
     queue_ms: float = Field(description="Longest wait of one image in the batch queue.")
     inference_ms: float = Field(
         description="Longest ONNX Runtime time serving one of the images (its detector pyramid "
@@ -50,9 +50,25 @@ class Classification(BaseModel):
     top_k: list[LabelScore] = Field(description="Most probable labels first.")
 
 
+class ImageFailure(BaseModel):
+    """An image of a several-image request that could not be read; the others are answered.
+    (A request none of whose images can be read fails as a whole, with this error.)"""
+
+    index: int = Field(ge=0, description="Position of the image in the request.")
+    filename: str | None = None
+    error: str = Field(
+        description="Stable code, as in an error response: 'empty_body', 'unsupported_image', "
+        "'corrupt_image' or 'image_too_large'."
+    )
+    message: str = Field(description="What went wrong, for humans.")
+    status: int = Field(description="The HTTP status a request of this image alone is answered with.")
+
+
 class ClassifyResponse(BaseModel):
     model: ModelRef
-    results: list[Classification]
+    results: list[Classification | ImageFailure] = Field(
+        description="One per image, in request order: its answer, or why it could not be read."
+    )
     timing: Timing
 
 
@@ -85,7 +101,9 @@ class Detection(BaseModel):
 
 class DetectResponse(BaseModel):
     model: ModelRef
-    results: list[Detection]
+    results: list[Detection | ImageFailure] = Field(
+        description="One per image, in request order: its answer, or why it could not be read."
+    )
     timing: Timing
 
 

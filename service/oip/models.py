@@ -46,6 +46,7 @@ from service.pipelines import (
     DetectParams,
     ImageOutcome,
     Upload,
+    all_or_first_failure,
 )
 from service.registry import AnyPipeline
 from service.state import ServiceState
@@ -282,7 +283,8 @@ class OipModel:
         self, uploads: list[Upload], decode_pool: Executor, deadline: float, tag: str
     ) -> list[ImageOutcome]:
         self.state.metrics.images.labels(self.pipeline.label).inc(len(uploads))
-        return await self.pipeline.infer(uploads, decode_pool, deadline, tag)
+        # The protocol answers a request all or nothing: the first unreadable image fails it.
+        return all_or_first_failure(await self.pipeline.infer(uploads, decode_pool, deadline, tag))
 
 
 async def _all_or_cancel(work: list[Any]) -> list[BatchResult]:

@@ -8,8 +8,15 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from service import tracing
 from service.dependencies import StateDep, require_api_key
-from service.pipelines import ClassifyParams
-from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ModelQuery, VersionQuery, run_pipeline
+from service.pipelines import ClassifyParams, ImageOutcome
+from service.routes.inputs import (
+    ERROR_RESPONSES,
+    IMAGE_REQUEST_BODY,
+    ModelQuery,
+    VersionQuery,
+    image_failure,
+    run_pipeline,
+)
 from service.routes.timing import answered, timing_of
 from service.schemas import ClassifyResponse, ModelRef
 
@@ -41,7 +48,9 @@ async def classify(
     # Softmax and top-k over one row of logits take microseconds: cheaper here than a hop
     # to a thread and back (detection's NMS, heavier, goes to the decode pool).
     with tracing.step("postprocess", **{"polynl.model": pipeline.label}):
-        results = [pipeline.answer(outcome, params) for outcome in outcomes]
+        results = [
+            pipeline.answer(o, params) if isinstance(o, ImageOutcome) else image_failure(o) for o in outcomes
+        ]
     return ClassifyResponse(
         model=ModelRef(name=pipeline.name, version=pipeline.config.version),
         results=results,

@@ -9,8 +9,15 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from service import tracing
 from service.dependencies import StateDep, require_api_key
-from service.pipelines import DetectParams
-from service.routes.inputs import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ModelQuery, VersionQuery, run_pipeline
+from service.pipelines import DetectParams, ImageOutcome
+from service.routes.inputs import (
+    ERROR_RESPONSES,
+    IMAGE_REQUEST_BODY,
+    ModelQuery,
+    VersionQuery,
+    image_failure,
+    run_pipeline,
+)
 from service.routes.timing import answered, timing_of
 from service.schemas import DetectResponse, ModelRef
 
@@ -42,7 +49,11 @@ async def detect_faces(
     # NMS runs in the decode pool too: the event loop only moves bytes.
     with tracing.step("postprocess", **{"polynl.model": pipeline.label}):
         results = await asyncio.get_running_loop().run_in_executor(
-            state.decode_pool, lambda: [pipeline.answer(outcome, params) for outcome in outcomes]
+            state.decode_pool,
+            lambda: [
+                pipeline.answer(o, params) if isinstance(o, ImageOutcome) else image_failure(o)
+                for o in outcomes
+            ],
         )
     return DetectResponse(
         model=ModelRef(name=pipeline.name, version=pipeline.config.version),

@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import (
+    IMAGE_ERROR_STATUS,
     ClientDisconnected,
     EmptyBody,
     MalformedBody,
@@ -28,9 +29,9 @@ from service.errors import (
     UnsupportedMediaType,
     request_id_of,
 )
-from service.pipelines import ImageOutcome, Upload
+from service.pipelines import FailedImage, Outcome, Upload
 from service.registry import AnyPipeline
-from service.schemas import ErrorResponse
+from service.schemas import ErrorResponse, ImageFailure
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -100,7 +101,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "No served model of this task by the given name, or no such served version.",
         413: "Upload over max_upload_bytes, or image over max_image_pixels.",
         415: "Not an image format the service decodes, or a non-image content type.",
-        422: "Query value out of range, or a corrupt/truncated image.",
+        422: "Query value out of range, or a corrupt/truncated image. (In a request with "
+        "several images, an image that cannot be read gets its own error entry in `results`; "
+        "the request fails only when none can be read.)",
         500: "Inference failed for the batch holding this request.",
         503: "Queue full, or not ready (see Retry-After).",
         504: "The request deadline passed before inference.",
@@ -182,9 +185,21 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+def image_failure(failed: FailedImage) -> ImageFailure:
+    """An unreadable image's entry in a response's results (same code and status as alone)."""
+    error = failed.error
+    return ImageFailure(
+        index=failed.index,
+        filename=failed.upload.filename,
+        error=error.code,
+        message=error.message,
+        status=IMAGE_ERROR_STATUS.get(error.code, 422),
+    )
+
+
 async def run_pipeline(
     request: Request, state: ServiceState, pipeline: AnyPipeline
-) -> tuple[list[ImageOutcome], float]:
+) -> tuple[list[Outcome], float]:
     """Read the request's images and run them through ``pipeline``: (outcomes, start time).
 
     The request's time budget (``request_timeout_s``) starts once its body has been read.

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 
 from starlette.requests import Request
 
-from service.pipelines import ImageOutcome
+from service.pipelines import ImageOutcome, Outcome
 from service.schemas import Timing
 
 
-def timing_of(outcomes: Sequence[ImageOutcome], started: float) -> Timing:
+def timing_of(all_outcomes: Sequence[Outcome], started: float) -> Timing:
+    outcomes = [o for o in all_outcomes if isinstance(o, ImageOutcome)]
     return Timing(
         decode_ms=round(sum(o.prepared.decode_ms for o in outcomes), 3),
         queue_ms=round(max((r.timing.queue_ms for o in outcomes for r in o.all_results), default=0.0), 3),

@@ -166,11 +166,25 @@
     return Math.max(2, Math.round(Math.max(bitmap.width, bitmap.height) / 250));
   }
 
+  // An image of a several-image request that the API could not read has its own error entry
+  // (`error`, `message`, `status`); the other images are answered as usual.
+  function imageErrorText(result) {
+    return `not read (${result.status} ${result.error}): ${result.message}`;
+  }
+
   // Draw the image and, when given, the faces of `result` (API pixels of the original image).
   function drawFaces(image, result) {
     const { card, bitmap } = image;
     const canvas = card.querySelector("canvas");
     const summary = card.querySelector(".faces-summary");
+    if (result && result.error) {
+      card.dataset.imageError = result.error;
+      card.dataset.faceCount = "0";
+      card.dataset.boxes = "[]";
+      summary.textContent = imageErrorText(result);
+      return;
+    }
+    delete card.dataset.imageError;
     if (!bitmap) {
       card.dataset.faceCount = "0";
       card.dataset.boxes = "[]";
@@ -252,6 +266,14 @@
     const bars = image.card.querySelector(".bars");
     bars.replaceChildren();
     if (!result) return;
+    if (result.error) {
+      image.card.dataset.imageError = result.error;
+      const note = document.createElement("p");
+      note.className = "image-error";
+      note.textContent = imageErrorText(result);
+      bars.append(note);
+      return;
+    }
     for (const entry of result.top_k) {
       const row = document.createElement("div");
       row.className = "bar-row";

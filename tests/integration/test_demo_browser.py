@@ -307,6 +307,25 @@ def test_a_non_image_shows_the_api_error_message(page: Any) -> None:
     assert page.locator("#results article.result").get_attribute("data-face-count") == "0"
 
 
+def test_a_bad_image_among_good_ones_shows_its_own_error_and_the_others_their_answers(page: Any) -> None:
+    enter_key(page, API_KEY)
+    text_file = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"this is not an image\n" * 10}
+    photo = {
+        "name": "a.jpg",
+        "mimeType": "image/jpeg",
+        "buffer": (SAMPLES / "face_astronaut.jpg").read_bytes(),
+    }
+    detect, classify = upload(page, [photo, text_file])
+    assert detect["status"] == classify["status"] == 200
+    good, bad = page.locator("#results article.result").all()
+    assert bad.get_attribute("data-image-error") == "unsupported_image"
+    assert detect["body"]["results"][1]["message"] in bad.text_content()
+    assert good.get_attribute("data-image-error") is None
+    assert int(good.get_attribute("data-face-count")) == len(detect["body"]["results"][0]["faces"]) >= 1
+    assert good.locator(".bar-row").count() == len(classify["body"]["results"][0]["top_k"])
+    assert page.locator("#error").is_hidden()
+
+
 def test_missing_or_wrong_key_is_explained_and_the_right_key_works(page: Any) -> None:
     assert page.input_value("#api-key") == ""
     detect, classify = upload(page, [FACE])

@@ -56,7 +56,9 @@ def test_promtool_accepts_the_configuration_and_the_rules() -> None:
 
 
 @needs_promtool
-@pytest.mark.parametrize("order", [None, ["polynl-recording", "polynl-alerts"], ["polynl-alerts", "polynl-recording"]])
+@pytest.mark.parametrize(
+    "order", [None, ["polynl-recording", "polynl-alerts"], ["polynl-alerts", "polynl-recording"]]
+)
 def test_the_rules_pass_their_unit_tests(order: list[str] | None, tmp_path: Path) -> None:
     """Prometheus does not order its rule groups: the unit tests must pass whichever runs first."""
     tests = RULES / "tests.yml"

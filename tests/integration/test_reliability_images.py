@@ -163,3 +163,42 @@ def test_every_error_across_the_corpus_is_json_without_traces_or_paths(client: h
                 seen += 1
     assert seen == 4 * len(failing)
     assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_each_image_of_a_request_gets_its_own_answer_or_its_own_error(
+    client: httpx.Client, endpoint: str
+) -> None:
+    """A bad image among good ones costs only its own entry; every failing case of the corpus."""
+    failing = {name: case for name, case in CORPUS.items() if case[1] != 200}
+    good = image_cases.jpeg(64, 48)
+    files = [("files", ("good-first.jpg", good))]
+    files += [("files", (f"{name}.bin", make())) for name, (make, _, _) in failing.items()]
+    files += [("files", ("good-last.jpg", good))]
+    response = client.post(endpoint, files=files)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["index"] for r in results] == list(range(len(files)))
+    for result in (results[0], results[-1]):
+        assert (result["width"], result["height"]) == (64, 48) and "error" not in result
+    for result, (name, (_, status, code)) in zip(results[1:-1], failing.items(), strict=True):
+        message = result.pop("message")
+        assert result == {
+            "index": result["index"],
+            "filename": f"{name}.bin",
+            "error": code,
+            "status": status,
+        }
+        for leak in LEAKS:
+            assert leak not in message
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_a_request_none_of_whose_images_can_be_read_fails_with_the_first_error(
+    client: httpx.Client, endpoint: str
+) -> None:
+    files = [
+        ("files", ("a.bin", image_cases.truncated_png())),
+        ("files", ("b.bin", image_cases.random_bytes())),
+    ]
+    check_answer(client.post(endpoint, files=files), 422, "corrupt_image")

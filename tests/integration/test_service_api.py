@@ -21,9 +21,9 @@ from conftest import SAMPLES, ServerHandle, repository_is_random
 from PIL import Image
 
 from polynl_core.buckets import choose_bucket
-from polynl_core.images import decode_image
+from polynl_core.images import decode_image, display_size, load_image, open_image
 from polynl_core.postprocess import box_iou, faces_to_original, select_faces, softmax
-from polynl_core.preprocess import classifier_input
+from polynl_core.preprocess import classifier_input, classifier_needed_size
 from polynl_core.pyramid import DEFAULT_LEVELS, detect_levels, pyramid_inputs
 from polynl_core.repository import load_repository
 
@@ -84,9 +84,14 @@ def test_classification_equals_a_direct_onnxruntime_call(
         "/classify", params={"top_k": 10}, files=[("files", (p.name, p.read_bytes())) for p in images]
     )
     assert response.status_code == 200, response.text
-    batch = np.stack(
-        [classifier_input(decode_image(p.read_bytes(), 10**8).image, config.preprocess) for p in images]
-    )
+
+    def served_input(path: Path) -> np.ndarray:
+        # As the service decodes: a JPEG no larger than the classifier needs (reduced decode).
+        opened = open_image(path.read_bytes(), 10**8)
+        needed = classifier_needed_size(*display_size(opened), config.preprocess)
+        return classifier_input(load_image(opened, 10**8, needed).image, config.preprocess)
+
+    batch = np.stack([served_input(p) for p in images])
     (logits,) = direct_session(model_repository, "classifier").run(None, {"images": batch})
     expected = softmax(logits.astype(np.float64))
     for index, result in enumerate(response.json()["results"]):
