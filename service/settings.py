@@ -139,6 +139,15 @@ class Settings(BaseSettings):
         default=10.0, gt=0.0, description="Deadline per request (queue + inference)."
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After header value on 503.")
+    # 64: enough to keep the batcher fed (the small classifier's batches of 32, one running and
+    # one filling), few enough that an admitted request waits about limit / throughput, 0.4 s
+    # for the small classifier on 2 CPU cores (bench/results/overload.md).
+    max_inflight_requests: int = Field(
+        default=64,
+        ge=0,
+        description="Inference requests (HTTP and gRPC) in flight per worker before more are refused "
+        "with 503 and Retry-After, before their body is read (service/admission.py); 0 = no limit.",
+    )
     inference_delay_ms: float = Field(
         default=0.0, ge=0.0, description="Artificial delay per inference call (tests and drills only)."
     )
