@@ -139,11 +139,12 @@ class Settings(BaseSettings):
         default=10.0, gt=0.0, description="Deadline per request (queue + inference)."
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After header value on 503.")
-    # 64: enough to keep the batcher fed (the small classifier's batches of 32, one running and
-    # one filling), few enough that an admitted request waits about limit / throughput, 0.4 s
-    # for the small classifier on 2 CPU cores (bench/results/overload.md).
+    # 32: at 3x the small classifier's capacity (bench/results/overload.md) it met every target
+    # (/healthz p99 68 ms, answered p99 0.6 s) and served 94 % of the 200s that 64 served, whose
+    # /healthz p99 was 141 ms; an admitted request waits about limit / throughput. Deployments
+    # with larger batches (GPU) want about 2x max_batch_size: one batch running, one filling.
     max_inflight_requests: int = Field(
-        default=64,
+        default=32,
         ge=0,
         description="Inference requests (HTTP and gRPC) in flight per worker before more are refused "
         "with 503 and Retry-After, before their body is read (service/admission.py); 0 = no limit.",

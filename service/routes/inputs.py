@@ -102,7 +102,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         415: "Not an image format the service decodes, or a non-image content type.",
         422: "Query value out of range, or a corrupt/truncated image.",
         500: "Inference failed for the batch holding this request.",
-        503: "Queue full, or not ready (see Retry-After).",
+        503: "Overloaded: too many requests in flight (refused before the body is read, "
+        "Connection: close) or the model's queue full; or not ready. See Retry-After.",
         504: "The request deadline passed before inference.",
     }.items()
 }
