@@ -28,6 +28,7 @@ from polynl_core.images import allow_pixels
 from polynl_core.repository import LoadedModel, RepositoryError, default_models, load_served_models
 from polynl_core.tasks import UnknownTask
 from service import tracing
+from service.admission import AdmissionLimit, AdmissionMiddleware
 from service.drills import with_drills
 from service.errors import install_error_handlers
 from service.logs import configure_logging
@@ -127,10 +128,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     allow_pixels(settings.max_image_pixels)
     logger.info(
-        "starting: repository %s, providers %s, timeout %.1fs",
+        "starting: repository %s, providers %s, timeout %.1fs, at most %s inference requests in flight",
         settings.model_repository,
         ",".join(settings.providers),
         settings.request_timeout_s,
+        settings.max_inflight_requests or "unlimited",
     )
     try:
         state.models = await asyncio.to_thread(load_models, settings, state.metrics)
@@ -181,12 +183,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    admission = AdmissionLimit(settings.max_inflight_requests, metrics, settings.retry_after_s)
     app.state.service = ServiceState(
         settings=settings,
         metrics=metrics,
         decode_pool=ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode"),
+        admission=admission,
     )
     install_error_handlers(app)
+    # Innermost of the three: a refusal gets the request id, metrics and access line of the
+    # edge and the CORS headers a browser needs to read it, and costs nothing more.
+    app.add_middleware(AdmissionMiddleware, admission=admission)
     if settings.cors_origins:
         # Inside the edge middleware: preflights get a request id, are counted and logged.
         app.add_middleware(

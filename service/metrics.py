@@ -3,8 +3,11 @@
 One registry per app (so tests and benchmarks can run several apps in a process):
 request counts by endpoint and status, request latency, queue depth, batch size and
 inference time per model, and requests dropped before inference (deadline, cancelled,
-overloaded). ``polynl_batch_size_count`` is the number of inference calls: the batching
-test compares it with the number of requests.
+overloaded). Admission control (``service.admission``): inference requests in flight, the
+limit on them, and the requests refused at the door (``polynl_admission_refused_total``, by
+endpoint; they never reach a model, so ``polynl_dropped`` does not count them).
+``polynl_batch_size_count`` is the number of inference calls: the batching test compares it
+with the number of requests.
 
 With several worker processes (``POLYNL_WORKERS``), a scrape reaches one of them, so each
 process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
@@ -88,6 +91,25 @@ class Metrics:
             "Images that never reached inference, by reason (overloaded, deadline, cancelled).",
             ["model", "reason"],
             registry=self.registry,
+        )
+        self.admission_refused = Counter(
+            "polynl_admission_refused",
+            "Inference requests refused with 503 before their body was read: the worker had "
+            "POLYNL_MAX_INFLIGHT_REQUESTS in flight (service.admission); also in polynl_requests.",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.inflight_requests = Gauge(
+            "polynl_inflight_requests",
+            "Inference requests admitted and not yet answered (HTTP and gRPC).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.admission_limit = Gauge(
+            "polynl_admission_limit",
+            "Inference requests in flight before admission refuses with 503 (0 = no limit).",
+            registry=self.registry,
+            multiprocess_mode="livesum",  # the instance's total over its workers
         )
         self.queue_capacity = Gauge(
             "polynl_queue_capacity",

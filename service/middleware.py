@@ -68,7 +68,10 @@ def _header(scope: Scope, name: bytes) -> str | None:
 def _endpoint(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return str(path) if path else "unmatched"
+    if path:
+        return str(path)
+    # Refused before routing (service.admission), which names the endpoint itself.
+    return str(scope.get("state", {}).get("polynl_endpoint", "unmatched"))
 
 
 class EdgeMiddleware:
@@ -175,10 +178,12 @@ class EdgeMiddleware:
         self.metrics.requests.labels(endpoint, method, str(status)).inc()
         self.metrics.latency.labels(endpoint).observe(seconds)
         tracing.finish_request_span(span, endpoint if endpoint != "unmatched" else None, status)
+        state = scope.get("state", {})
         level = self.success_level if status < 400 else logging.INFO if status < 500 else logging.WARNING
+        if state.get("polynl_admission_refused"):
+            level = logging.DEBUG  # an overload's refusals: summarised by service.admission
         if not logger.isEnabledFor(level):
             return
-        state = scope.get("state", {})
         access = {
             "method": method,
             "path": scope.get("path"),

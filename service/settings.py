@@ -139,6 +139,16 @@ class Settings(BaseSettings):
         default=10.0, gt=0.0, description="Deadline per request (queue + inference)."
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After header value on 503.")
+    # 32: at 3x the small classifier's capacity (bench/results/overload.md) it met every target
+    # (/healthz p99 68 ms, answered p99 0.6 s) and served 94 % of the 200s that 64 served, whose
+    # /healthz p99 was 141 ms; an admitted request waits about limit / throughput. Deployments
+    # with larger batches (GPU) want about 2x max_batch_size: one batch running, one filling.
+    max_inflight_requests: int = Field(
+        default=32,
+        ge=0,
+        description="Inference requests (HTTP and gRPC) in flight per worker before more are refused "
+        "with 503 and Retry-After, before their body is read (service/admission.py); 0 = no limit.",
+    )
     inference_delay_ms: float = Field(
         default=0.0, ge=0.0, description="Artificial delay per inference call (tests and drills only)."
     )

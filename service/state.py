@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from polynl_core.tasks import Task
+from service.admission import AdmissionLimit
 from service.errors import NotReady
 from service.metrics import Metrics
 from service.pipelines import ClassifierPipeline, DetectorPipeline
@@ -21,6 +22,7 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     decode_pool: ThreadPoolExecutor
+    admission: AdmissionLimit  # inference requests in flight, shared by HTTP and gRPC
     models: ModelRegistry = field(default_factory=ModelRegistry)
     ready: bool = False
     accepting: bool = True

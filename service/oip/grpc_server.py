@@ -12,7 +12,10 @@ metadata and in every log line), the API key (``authorization: Bearer <key>`` me
 ``POLYNL_API_KEY`` is set; ServerLive and ServerReady stay open like ``/v2/health/*``), the
 deadline (the gRPC deadline, the ``timeout`` parameter and ``POLYNL_REQUEST_TIMEOUT_S``,
 whichever ends first), metrics (``polynl_requests`` with ``method="GRPC"`` and the HTTP
-status the same error has on REST), and errors as status codes (:mod:`service.oip.errors`).
+status the same error has on REST), errors as status codes (:mod:`service.oip.errors`), and
+admission control: ``ModelInfer`` counts in the worker's limit on inference requests in flight
+(``POLYNL_MAX_INFLIGHT_REQUESTS``, shared with HTTP: :mod:`service.admission`) and is refused
+RESOURCE_EXHAUSTED with a ``retry-after`` trailer over it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service import __version__
+from service.admission import AdmissionRefused
 from service.errors import NotReady, Unauthorized
 from service.middleware import new_request_id, request_id_var
 from service.oip.errors import protocol_error, status_details
@@ -132,6 +136,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 200
+        refused = False
         trailing: list[tuple[str, str | bytes]] = [("x-request-id", request_id)]
         try:
             if not open_call and not self._authorised(context):
@@ -146,7 +151,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 status, code, message = 500, grpc.StatusCode.INTERNAL, "internal server error"
             else:
                 status, code, message = error.status, error.grpc_code, error.message
-                if status >= 500:
+                refused = isinstance(exc, AdmissionRefused)
+                if status >= 500 and not refused:  # refusals are summarised by service.admission
                     logger.warning("%s: %s", error.code, message)
                 if error.retry_after_s is not None:
                     trailing.append(("retry-after", str(error.retry_after_s)))
@@ -163,7 +169,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             metrics = self.state.metrics
             metrics.requests.labels(endpoint, "GRPC", str(status)).inc()
             metrics.latency.labels(endpoint).observe(seconds)
-            level = self._success_level if status < 400 else logging.INFO
+            level = self._success_level if status < 400 else logging.DEBUG if refused else logging.INFO
             logger.log(level, "GRPC %s %d %.1fms", method, status, seconds * 1000.0)
             request_id_var.reset(token)
 
@@ -237,11 +243,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> service_pb2.ModelInferResponse:
         async def work(request_id: str) -> service_pb2.ModelInferResponse:
             state = self.state
-            model = OipModel(state, find_model(state, request.model_name, request.model_version))
-            infer = infer_request(request)
-            deadline = deadline_of(state, infer.parameters, context.time_remaining())
-            outputs = await model.infer(infer, state.decode_pool, deadline, request_id)
-            return infer_response(model, infer.id, outputs)
+            # The same per-worker limit as HTTP's (service.admission). grpcio has parsed the
+            # message by now; the tensor conversion and everything after are spared.
+            admission = state.admission
+            if not admission.try_enter():
+                raise admission.refuse(f"/{SERVICE}/ModelInfer")
+            try:
+                model = OipModel(state, find_model(state, request.model_name, request.model_version))
+                infer = infer_request(request)
+                deadline = deadline_of(state, infer.parameters, context.time_remaining())
+                outputs = await model.infer(infer, state.decode_pool, deadline, request_id)
+                return infer_response(model, infer.id, outputs)
+            finally:
+                admission.leave()
 
         return await self._call("ModelInfer", context, work)
 

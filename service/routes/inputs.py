@@ -105,7 +105,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "several images, an image that cannot be read gets its own error entry in `results`; "
         "the request fails only when none can be read.)",
         500: "Inference failed for the batch holding this request.",
-        503: "Queue full, or not ready (see Retry-After).",
+        503: "Overloaded: too many requests in flight (refused before the body is read, "
+        "Connection: close) or the model's queue full; or not ready. See Retry-After.",
         504: "The request deadline passed before inference.",
     }.items()
 }
