@@ -23,7 +23,7 @@ import argparse
 import asyncio
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs
@@ -126,7 +126,7 @@ class App:
         x, placement = self.detector.prepare(data)
         return self.detector.answer(await self.batchers[path].submit(x), placement)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         result: dict[str, Any]
         if scope["type"] == "lifespan":  # startup: start the batchers; shutdown: stop them
             await receive()
