@@ -251,6 +251,29 @@ def tree_cpu_s(pid: int) -> float:
 # --- part: load ------------------------------------------------------------------------------
 
 
+@contextmanager
+def server_cpu(server: Server) -> Iterator[dict[str, float]]:
+    """The server tree's CPU seconds spent inside the block, in the yielded dict's ``s``."""
+    spent: dict[str, float] = {}
+    before = tree_cpu_s(server.pid)
+    yield spent
+    spent["s"] = tree_cpu_s(server.pid) - before
+
+
+@contextmanager
+def batch_sizes(server: Server) -> Iterator[dict[str, Any]]:
+    """The mean of the server's batch-size histogram over the block (``mean``; absent when
+    the server has no /metrics, as the asyncio batcher), scraped outside the CPU window."""
+    seen: dict[str, Any] = {}
+    before = scrape_metrics(server.url, "/metrics")
+    yield seen
+    after = scrape_metrics(server.url, "/metrics")
+    if before is not None and after is not None:
+        deltas = histogram_deltas(before, after, "batch_size")
+        if deltas:
+            seen["mean"] = deltas[0]["mean"]
+
+
 def payloads_of(images: list[Path]) -> list[Payload]:
     return [Payload(p.read_bytes(), IMAGE_TYPES[p.suffix.lower()], p.name) for p in images]
 
@@ -268,18 +291,11 @@ def load_with_loadtest(
         multipart=True,
     )
     warm_up(url, payloads, config, args.warmup)
-    metrics_before = scrape_metrics(server.url, "/metrics")
-    cpu_before = tree_cpu_s(server.pid)
-    result = run_load(url, payloads, config, None)
-    cpu_s = tree_cpu_s(server.pid) - cpu_before
-    metrics_after = scrape_metrics(server.url, "/metrics")
+    with batch_sizes(server) as batches, server_cpu(server) as cpu:
+        result = run_load(url, payloads, config, None)
     summary = summarize(result.records, result.scheduled)
     answered = sum(n for status, n in summary["by_status"].items() if status.isdigit())  # type: ignore[attr-defined]
-    batches = (
-        histogram_deltas(metrics_before, metrics_after, "batch_size")
-        if metrics_before is not None and metrics_after is not None
-        else []
-    )
+    cpu_s = cpu["s"]
     latency: dict[str, Any] = summary["latency_ms"]  # type: ignore[assignment]
     return {
         "requests_per_s": summary["steady_throughput_rps"],
@@ -290,18 +306,18 @@ def load_with_loadtest(
         "server_cpu_s": cpu_s,
         "server_cpu_ms_per_request": 1000.0 * cpu_s / answered if answered else None,
         "client_cpu_percent_of_one_core": result.client_cpu_percent,
-        "mean_batch_size": batches[0]["mean"] if batches else None,
+        "mean_batch_size": batches.get("mean"),
         "summary": summary,
     }
 
 
 def load_with_wrk(server: Server, url: str, images: list[Path], args: argparse.Namespace) -> dict[str, Any]:
     warm_up(url, payloads_of(images), LoadConfig(concurrency=args.concurrency, multipart=True), args.warmup)
-    cpu_before = tree_cpu_s(server.pid)
-    summary = run_wrk(url, images, args.concurrency, args.duration)
+    with batch_sizes(server) as batches, server_cpu(server) as cpu:
+        summary = run_wrk(url, images, args.concurrency, args.duration)
     # wrk stops without waiting for the requests in flight (at most one per connection):
-    # their CPU may fall on either side of this reading, their answers are not counted.
-    cpu_s = tree_cpu_s(server.pid) - cpu_before
+    # their CPU may fall on either side of the reading, their answers are not counted.
+    cpu_s = cpu["s"]
     answered = sum(summary["by_status"].values())
     return {
         "requests_per_s": summary["requests_per_s"],
@@ -312,7 +328,7 @@ def load_with_wrk(server: Server, url: str, images: list[Path], args: argparse.N
         "server_cpu_s": cpu_s,
         "server_cpu_ms_per_request": 1000.0 * cpu_s / answered if answered else None,
         "client_cpu_percent_of_one_core": summary["client_cpu_percent_of_one_core"],
-        "mean_batch_size": None,
+        "mean_batch_size": batches.get("mean"),
         "summary": summary,
     }
 
