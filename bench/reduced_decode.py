@@ -21,7 +21,7 @@ accuracy and label agreement for the classifier, and the mean ``timing.decode_ms
 answers (decode + preprocess). The upscaled files are written once under
 ``runs/reduced-decode`` (git-ignored).
 
-    python -m bench.reduced_decode                      # everything (about 15 minutes on 2 cores)
+    python -m bench.reduced_decode                      # everything (about 5 minutes on 2 cores)
     python -m bench.reduced_decode --limit 5 --cifar-per-class 5 --out runs/reduced-decode/smoke
 """
 
