@@ -7,6 +7,7 @@ say whether the service, end to end, gives the answers a user expects.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import CIFAR10_LABELS, SAMPLES, ServerHandle, repository_is_random
+from PIL import Image
 
 CMUMIT = Path(__file__).resolve().parents[1] / "data" / "cmumit-val"
 
@@ -69,32 +71,71 @@ def _group_photo_labels() -> list[list[float]]:
     return [face["box"] for face in entry["faces"]]
 
 
-def test_detector_finds_every_face_of_the_group_photo_and_nothing_else(
-    start_server, client: httpx.Client
-) -> None:  # type: ignore[no-untyped-def]
-    # The export's default buckets (the test repository has only 320x320 and 480x640, where this
-    # 500 px photo would be scaled down to 480 px).
+@pytest.fixture(scope="module")
+def default_buckets(start_server, model_repository: Path) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    """A server with the export's default buckets (the test repository has only 320x320 and
+    480x640, where the 500 px group photo would be scaled down to 480 px)."""
     from polynl_core.buckets import DEFAULT_BUCKETS
 
+    if repository_is_random(model_repository):
+        pytest.skip("random-init weights: answers are not meaningful")
+
     buckets = ",".join(f"{h}x{w}" for h, w in DEFAULT_BUCKETS)
-    with start_server({"POLYNL_DETECTION_BUCKETS": buckets}).client() as default_buckets:
-        response = default_buckets.post(
-            "/detect-faces", files={"file": ("g.jpg", (SAMPLES / "faces_group.jpg").read_bytes())}
-        )
-    assert response.status_code == 200, response.text
-    found = [face["box"] for face in response.json()["results"][0]["faces"]]  # default threshold 0.5
-    labelled = _group_photo_labels()
-    assert len(labelled) == 8
+    with start_server({"POLYNL_DETECTION_BUCKETS": buckets}).client() as served:
+        yield served
+
+
+def _assert_each_face_in_exactly_one_detection(found: list[list[float]], labelled: list[list[float]]) -> None:
+    """Convention-free matching (the labels are tight eye-to-mouth boxes, ours WIDER FACE boxes):
+    every labelled face's centre lies in exactly one detection, and every detection holds one."""
 
     def inside(point: tuple[float, float], box: list[float]) -> bool:
         return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
 
-    # Convention-free matching (the labels are tight eye-to-mouth boxes, ours WIDER FACE boxes):
-    # every labelled face's centre lies in exactly one detection, and every detection holds one.
     centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in labelled]
     rounded = [[round(v) for v in box] for box in found]
     assert all(sum(inside(c, box) for box in found) == 1 for c in centres), rounded
     assert all(sum(inside(c, box) for c in centres) == 1 for box in found), rounded
+
+
+def test_detector_finds_every_face_of_the_group_photo_and_nothing_else(default_buckets: httpx.Client) -> None:
+    response = default_buckets.post(
+        "/detect-faces", files={"file": ("g.jpg", (SAMPLES / "faces_group.jpg").read_bytes())}
+    )
+    assert response.status_code == 200, response.text
+    found = [face["box"] for face in response.json()["results"][0]["faces"]]  # default threshold 0.5
+    labelled = _group_photo_labels()
+    assert len(labelled) == 8
+    _assert_each_face_in_exactly_one_detection(found, labelled)
+
+
+def test_a_photo_decoded_reduced_gives_its_faces_in_the_full_size_pixels(
+    default_buckets: httpx.Client,
+) -> None:
+    """Issue 19: a JPEG far larger than the bucket is decoded at 1/2-1/8 scale (reduced decode
+    is on by default); the faces are still all found, in the uploaded image's pixels."""
+    from polynl_core.images import load_image, open_image
+
+    factor = 4
+    with Image.open(SAMPLES / "faces_group.jpg") as small:
+        big = small.convert("RGB").resize(
+            (small.width * factor, small.height * factor), Image.Resampling.BICUBIC
+        )
+    buffer = io.BytesIO()
+    big.save(buffer, "JPEG", quality=92)
+    data = buffer.getvalue()
+    # Precondition: this 2000x2000 JPEG, letterboxed into 640x640, is decoded at 1/2 scale.
+    assert load_image(open_image(data, 10**8), 10**8, (640, 640)).reduction == 2
+
+    response = default_buckets.post("/detect-faces", files={"file": ("big.jpg", data)})
+    assert response.status_code == 200, response.text
+    result = response.json()["results"][0]
+    assert (result["width"], result["height"]) == big.size
+    found = [face["box"] for face in result["faces"]]  # default threshold 0.5
+    labelled = [[v * factor for v in box] for box in _group_photo_labels()]
+    assert len(labelled) == 8
+    _assert_each_face_in_exactly_one_detection(found, labelled)
+    assert all(0 <= x <= big.width and 0 <= y <= big.height for box in found for x, y in (box[:2], box[2:]))
 
 
 @pytest.mark.parametrize("pyramid", ["", "0.5,0.25"])
