@@ -108,10 +108,15 @@ def display_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if _swaps_axes(image) else (width, height)
 
 
+def can_reduce(image: Image.Image) -> bool:
+    """Whether :func:`load_image` can decode this opened image smaller (a JPEG)."""
+    return image.format == "JPEG"
+
+
 def _reduce_jpeg(image: Image.Image, min_size: tuple[int, int]) -> int:
     """Ask libjpeg for a DCT-scaled decode that keeps both sides >= ``min_size`` (display
     orientation); the reduction it chose (1 when it cannot reduce)."""
-    if image.format != "JPEG":
+    if not can_reduce(image):
         return 1
     width, height = min_size
     if _swaps_axes(image):

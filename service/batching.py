@@ -8,7 +8,10 @@ slice of every model output. One :class:`Batcher` per model:
   ``Retry-After``) at once instead of queueing forever;
 - batches are keyed by the array's shape, so detection size buckets never mix; the worker
   serves the shape whose oldest request has waited longest, and sends a batch when it holds
-  ``max_batch_size`` arrays or ``max_wait_s`` has passed since its oldest request;
+  ``max_batch_size`` arrays or ``max_wait_s`` has passed since its oldest request; a request
+  that arrives after a quiet spell (nothing submitted in the ``max_wait_s`` before it) is not
+  held for company that is not coming: it is sent at once (an idle server answers one
+  request without the batching wait; under load requests arrive closer than that and batch);
 - a group of arrays of different shapes (one image's detector pyramid levels,
   :meth:`Batcher.submit_group`) runs together: when one member's batch is sent, a batch of
   each other member's shape (members first, then whatever else waits in that shape) is sent
@@ -94,6 +97,7 @@ class _Item:
     tag: str = ""  # the caller's label for logs (the service passes the request id)
     trace: tuple[object, int] | None = None  # the caller's span context and enqueue time (tracing on)
     group: list[_Item] | None = None  # the items submitted together with this one (submit_group)
+    hold: bool = True  # wait up to max_wait_s for a fuller batch (False: arrived after a quiet spell)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -108,7 +112,8 @@ def _stack_and_predict(
     done: list[tuple[dict[str, np.ndarray], float] | Exception] = []
     for arrays in batches:
         try:
-            batch = np.stack(arrays)
+            # A batch of one is a view of its array, no copy (a detector bucket is megabytes).
+            batch = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
             started = time.perf_counter()
             outputs = predict(batch)
             done.append((outputs, time.perf_counter() - started))
@@ -142,6 +147,7 @@ class Batcher:
         self._tracer = tracer
         self._pending: dict[tuple[int, ...], deque[_Item]] = {}
         self._depth = 0
+        self._last_arrival = float("-inf")  # loop.time() of the latest submit
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -183,6 +189,8 @@ class Batcher:
         self.check_room()
         loop = asyncio.get_running_loop()
         now = loop.time()
+        hold = now - self._last_arrival <= self.max_wait_s
+        self._last_arrival = now
         trace = self._tracer.capture() if self._tracer is not None else None
         items = [
             _Item(
@@ -192,6 +200,7 @@ class Batcher:
                 deadline=deadline,
                 tag=tag,
                 trace=trace,
+                hold=hold,
             )
             for array in arrays
         ]
@@ -275,7 +284,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         shape = self._oldest_shape()
         queue = self._pending[shape]
-        while queue and len(queue) < self.max_batch_size and not self._closing:
+        while queue and queue[0].hold and len(queue) < self.max_batch_size and not self._closing:
             remaining = queue[0].enqueued_at + self.max_wait_s - loop.time()
             if remaining <= 0:
                 break

@@ -26,7 +26,14 @@ import numpy as np
 from PIL import Image
 
 from polynl_core.buckets import choose_bucket
-from polynl_core.images import DecodedImage, ImageError, display_size, load_image, open_image
+from polynl_core.images import (
+    DecodedImage,
+    ImageError,
+    can_reduce,
+    display_size,
+    load_image,
+    open_image,
+)
 from polynl_core.postprocess import faces_to_original, select_faces, softmax, top_k
 from polynl_core.preprocess import classifier_input, classifier_needed_size, letterbox_needed_size
 from polynl_core.pyramid import LevelOutput, level_bucket, merge_levels, pyramid_inputs
@@ -226,7 +233,8 @@ class ModelPipeline(ABC, Generic[ParamsT, AnswerT]):
     def _finish(self, image: Image.Image, started: float) -> Prepared:
         """Decode the pixels of an opened image (no more of them than the model needs) and
         preprocess them."""
-        min_size = self.needed_size(*display_size(image)) if self.settings.reduced_decode else None
+        reduce = self.settings.reduced_decode and can_reduce(image)
+        min_size = self.needed_size(*display_size(image)) if reduce else None
         decoded = load_image(image, self.settings.max_image_pixels, min_size)
         (array, scale), *levels = self.preprocess(decoded)
         return Prepared(

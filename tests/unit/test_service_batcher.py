@@ -83,16 +83,37 @@ def test_different_shapes_go_to_different_batches() -> None:
     asyncio.run(scenario())
 
 
-def test_a_lone_request_waits_at_most_max_wait() -> None:
+def test_a_request_after_a_quiet_spell_is_sent_at_once_and_one_close_behind_waits() -> None:
     async def scenario() -> None:
-        batcher = make(Model(), max_wait_s=0.05)
+        model = Model()
+        batcher = make(model, max_wait_s=0.2)
         batcher.start()
         started = time.perf_counter()
-        result = await batcher.submit(np.zeros(1, np.float32), far())
-        elapsed = time.perf_counter() - started
+        first = await batcher.submit(np.zeros(1, np.float32), far())
+        alone = time.perf_counter() - started
+        # Right behind it: traffic is flowing, so it waits (up to max_wait) for company.
+        started = time.perf_counter()
+        second = await batcher.submit(np.zeros(1, np.float32), far())
+        held = time.perf_counter() - started
         await batcher.stop()
-        assert result.timing.batch_size == 1
-        assert 0.04 <= elapsed < 1.0
+        assert first.timing.batch_size == second.timing.batch_size == 1
+        assert alone < 0.15 and first.timing.queue_ms < 150
+        assert 0.18 <= held < 1.0
+
+    asyncio.run(scenario())
+
+
+def test_requests_close_together_after_a_quiet_spell_still_share_a_batch() -> None:
+    async def scenario() -> None:
+        model = Model(delay_s=0.1)
+        batcher = make(model, max_wait_s=0.05)
+        batcher.start()
+        lone = asyncio.ensure_future(batcher.submit(np.zeros(1, np.float32), far()))
+        await asyncio.sleep(0.01)  # the lone one is in inference now; these two arrive together
+        pair = await asyncio.gather(*(batcher.submit(np.ones(1, np.float32), far()) for _ in range(2)))
+        assert (await lone).timing.batch_size == 1
+        assert [r.timing.batch_size for r in pair] == [2, 2]
+        await batcher.stop()
 
     asyncio.run(scenario())
 
@@ -195,12 +216,15 @@ def test_a_group_of_shapes_runs_in_one_run_with_what_waits_in_those_shapes() -> 
         batcher = make(model, max_wait_s=0.05)
         batcher.start()
         levels = [np.ones((3, size, size), np.float32) for size in (8, 4, 2)]
+        busy = asyncio.ensure_future(batcher.submit(np.zeros(1, np.float32), far()))
+        await asyncio.sleep(0.005)  # in inference now: what follows queues
         # Another image's level of the smallest shape is waiting already: it joins the run.
         other = asyncio.ensure_future(batcher.submit(np.zeros((3, 2, 2), np.float32), far()))
         group = await batcher.submit_group(levels, far())
-        await other
+        await asyncio.gather(busy, other)
         await batcher.stop()
-        assert sorted(model.batches) == [(1, 3, 4, 4), (1, 3, 8, 8), (2, 3, 2, 2)]
+        assert model.batches[0] == (1, 1)
+        assert sorted(model.batches[1:]) == [(1, 3, 4, 4), (1, 3, 8, 8), (2, 3, 2, 2)]
         for array, result in zip(levels, group, strict=True):
             np.testing.assert_array_equal(result.outputs["out"], array * 2)
         # One run: the levels did not queue behind each other's inference.
