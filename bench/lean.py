@@ -42,14 +42,13 @@ import argparse
 import glob
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ from bench.loadtest.runner import LoadConfig, Payload, run_load
 from bench.loadtest.stats import summarize
 from bench.loadtest.targets import IMAGE_TYPES
 from bench.machine import machine_info, machine_markdown, write_report
-from bench.service import free_port
+from bench.service import Server, ServerSpec, running, service_spec, tree_cpu_s
 from bench.wrk import WrkMissing, run_wrk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +72,6 @@ PARTS = ("load", "decode", "timings")
 CLIENTS = ("loadtest", "wrk")
 PHOTO = ROOT / "samples" / "face_astronaut.jpg"
 PYRAMID_ON = "0.5,0.25"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --- code trees ------------------------------------------------------------------------------
@@ -111,34 +109,10 @@ def current_tree() -> Tree:
 # --- servers ---------------------------------------------------------------------------------
 
 
-@dataclass
-class ServerSpec:
-    name: str
-    tree: Tree
-    command: list[str]
-    ready_path: str
-    env: dict[str, str] = field(default_factory=dict)
-    listen_from_env: bool = False  # POLYNL_HOST / POLYNL_PORT instead of --host / --port
-
-
-def service_spec(tree: Tree, repository: Path, threads: int, pyramid: str = "") -> ServerSpec:
-    return ServerSpec(
-        name=f"service, {tree.name}",
-        tree=tree,
-        command=["-m", "service"],
-        ready_path="/readyz",
-        env={
-            "POLYNL_MODEL_REPOSITORY": str(repository),
-            "POLYNL_PROVIDERS": "CPUExecutionProvider",
-            "POLYNL_INTRA_OP_THREADS": str(threads),
-            "POLYNL_WORKERS": "1",
-            "POLYNL_QUEUE_SIZE": "1024",
-            "POLYNL_REQUEST_TIMEOUT_S": "120",
-            "POLYNL_LOG_LEVEL": "warning",
-            # '' = one detector pass per image, as the asyncio batcher runs it.
-            "POLYNL_DETECTOR_PYRAMID": pyramid,
-        },
-        listen_from_env=True,
+def lean_service_spec(tree: Tree, repository: Path, threads: int, pyramid: str = "") -> ServerSpec:
+    """The service of ``tree``, one worker, each model's own batching."""
+    return service_spec(
+        repository, threads, None, None, pyramid=pyramid, name=f"service, {tree.name}", root=tree.root
     )
 
 
@@ -155,7 +129,7 @@ def model_batching(repository: Path, endpoint: str) -> dict[str, float]:
 def batcher_spec(tree: Tree, repository: Path, threads: int, batching: dict[str, float]) -> ServerSpec:
     return ServerSpec(
         name="asyncio batcher",
-        tree=tree,
+        root=tree.root,
         command=["-m", "bench.alternatives.asyncio_batcher"],
         ready_path="/healthz",
         env={
@@ -165,87 +139,6 @@ def batcher_spec(tree: Tree, repository: Path, threads: int, batching: dict[str,
             "POLYNL_MAX_WAIT_MS": str(batching["max_wait_ms"]),
         },
     )
-
-
-@dataclass(frozen=True)
-class Server:
-    url: str
-    pid: int
-
-
-@contextmanager
-def running(spec: ServerSpec, startup_timeout_s: float = 180.0) -> Iterator[Server]:
-    """Start the server from its tree on a free loopback port, wait until ready, stop it after."""
-    port = free_port()
-    command = [sys.executable, *spec.command]
-    env = {**os.environ, **spec.env, "PYTHONPATH": str(spec.tree.root)}
-    if spec.listen_from_env:
-        # The OIP gRPC server stays on, as deployed, on a free port rather than its default 8001.
-        env.update(
-            {"POLYNL_HOST": "127.0.0.1", "POLYNL_PORT": str(port), "POLYNL_GRPC_PORT": str(free_port())}
-        )
-    else:
-        command += ["--host", "127.0.0.1", "--port", str(port)]
-    RUNS.mkdir(parents=True, exist_ok=True)
-    log_path = RUNS / f"server-{port}.log"
-    with log_path.open("w") as log:
-        # Own session: stopping the group stops exactly what we started (workers included).
-        proc = subprocess.Popen(
-            command, cwd=spec.tree.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{spec.name} exited with {proc.returncode}; see {log_path}")
-            try:
-                if httpx.get(url + spec.ready_path, timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{spec.name} not ready after {startup_timeout_s} s; see {log_path}")
-            time.sleep(0.3)
-        yield Server(url, proc.pid)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    return text[text.rindex(")") + 2 :].split()
-
-
-def tree_cpu_s(pid: int) -> float:
-    """utime + stime of ``pid`` and its live descendants, plus their reaped children's
-    (cutime + cstime), in seconds, from /proc/<pid>/stat."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
-            parents[int(entry.name)] = int(fields[1])  # field 4: ppid
-    family, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, ppid in parents.items() if ppid == parent and child not in family]
-        family.update(children)
-        frontier += children
-    ticks = 0
-    for member in family:
-        fields = _stat_fields(member)
-        if fields is not None:
-            ticks += sum(int(value) for value in fields[11:15])  # fields 14-17: utime stime cutime cstime
-    return ticks / CLOCK_TICKS
 
 
 # --- part: load ------------------------------------------------------------------------------
@@ -368,8 +261,8 @@ def part_load(args: argparse.Namespace, trees: dict[str, Tree], images: list[Pat
     batching = model_batching(args.repository, args.endpoint)
     specs = [
         batcher_spec(trees["current"], args.repository, args.threads, batching),
-        service_spec(trees["baseline"], args.repository, args.threads),
-        service_spec(trees["current"], args.repository, args.threads),
+        lean_service_spec(trees["baseline"], args.repository, args.threads),
+        lean_service_spec(trees["current"], args.repository, args.threads),
     ]
     clients = [c for c in args.clients.split(",") if c]
     if "wrk" in clients:
@@ -470,7 +363,7 @@ def part_timings(args: argparse.Namespace, trees: dict[str, Tree]) -> dict[str, 
     rows = []
     for pyramid in (PYRAMID_ON, ""):
         for name in ("baseline", "current"):
-            spec = service_spec(trees[name], args.repository, args.threads, pyramid=pyramid)
+            spec = lean_service_spec(trees[name], args.repository, args.threads, pyramid=pyramid)
             label = f"pyramid {pyramid}" if pyramid else "pyramid off"
             print(f"[timings] {spec.name}, {label}", flush=True)
             with running(spec) as server:

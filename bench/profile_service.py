@@ -31,11 +31,11 @@ from bench.lean import (
     Tree,
     baseline_tree,
     current_tree,
+    lean_service_spec,
     running,
-    service_spec,
-    tree_cpu_s,
 )
 from bench.machine import machine_info, machine_markdown, write_report
+from bench.service import tree_cpu_s
 from bench.wrk import run_wrk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def py_spy() -> str:
 
 
 def profile_one(tree: Tree, endpoint: str, args: argparse.Namespace) -> dict[str, Any]:
-    spec = service_spec(tree, args.repository, threads=1)
+    spec = lean_service_spec(tree, args.repository, threads=1)
     spec.env["POLYNL_ACCESS_LOG"] = "true"  # as deployed: one access line per request
     spec.env["POLYNL_LOG_LEVEL"] = "info"
     images = ENDPOINT_IMAGES[endpoint]

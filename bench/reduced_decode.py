@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 from bench.machine import machine_info, machine_markdown, write_report
-from bench.service import Server, ServerSpec, running
+from bench.service import Server, ServerSpec, running, service_spec
 from models.detection_metrics import (
     ImageDetections,
     ImageGroundTruth,
@@ -175,23 +175,15 @@ def detector_reduction(data: bytes, buckets: list[tuple[int, int]]) -> int:
 
 
 def service(repository: Path, reduced: bool, threads: int) -> ServerSpec:
-    return ServerSpec(
-        name=f"polynl-serve (reduced decode {'on' if reduced else 'off'})",
-        command=["-m", "service"],
-        ready_path="/readyz",
-        env={
-            "POLYNL_MODEL_REPOSITORY": str(repository),
-            "POLYNL_PROVIDERS": "CPUExecutionProvider",
-            "POLYNL_WORKERS": "1",
-            "POLYNL_INTRA_OP_THREADS": str(threads),
-            "POLYNL_REDUCED_DECODE": "true" if reduced else "false",
-            "POLYNL_REQUEST_TIMEOUT_S": "120",
-            "POLYNL_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),  # the x5 files reach ~10 MB
-            "POLYNL_LOG_LEVEL": "warning",
-        },
-        listen_from_env=True,
-        ours=True,
-    )
+    """The service with each model's own batching and pyramid (the shipped detector: one pass)."""
+    env = {
+        "POLYNL_REDUCED_DECODE": "true" if reduced else "false",
+        "POLYNL_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),  # the x5 files reach ~10 MB
+    }
+    name = f"polynl-serve (reduced decode {'on' if reduced else 'off'})"
+    spec = service_spec(repository, threads, None, None, env=env, name=name)
+    del spec.env["POLYNL_DETECTOR_PYRAMID"]  # the model's own (config.json)
+    return spec
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from bench.machine import machine_info, machine_markdown, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CACHE = ROOT / "runs" / "bench-cache"  # git-ignored: exported models and server logs
 PARTS = ("alternatives", "saturation", "overhead")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -154,13 +155,32 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     listen_from_env: bool = False  # POLYNL_HOST/POLYNL_PORT instead of --host/--port
     ours: bool = False
+    root: Path = ROOT  # the code tree it runs from (working directory and PYTHONPATH)
 
 
 def service_spec(
-    repository: Path, threads: int, max_batch_size: int = 8, max_wait_ms: float = 5.0, workers: int = 1
+    repository: Path,
+    threads: int,
+    max_batch_size: int | None = 8,
+    max_wait_ms: float | None = 5.0,
+    workers: int = 1,
+    *,
+    pyramid: str = "",
+    env: dict[str, str] | None = None,
+    name: str | None = None,
+    root: Path = ROOT,
 ) -> ServerSpec:
+    """``python -m service`` on CPU, one worker by default. ``max_batch_size`` / ``max_wait_ms``
+    None: each model's own batching (config.json). ``pyramid`` '' = one detector pass per
+    image, as the plain endpoint and LitServe run it (the comparison is of serving, not of the
+    pyramid's extra passes). ``env`` adds or overrides variables; ``root`` is the code tree."""
+    batching = {
+        "POLYNL_MAX_BATCH_SIZE": None if max_batch_size is None else str(max_batch_size),
+        "POLYNL_MAX_WAIT_MS": None if max_wait_ms is None else str(max_wait_ms),
+    }
+    plural = "s" if workers > 1 else ""
     return ServerSpec(
-        name=f"polynl-serve (max_batch_size={max_batch_size}, {workers} worker{'s' if workers > 1 else ''})",
+        name=name or f"polynl-serve (max_batch_size={max_batch_size}, {workers} worker{plural})",
         command=["-m", "service"],
         ready_path="/readyz",
         env={
@@ -168,17 +188,16 @@ def service_spec(
             "POLYNL_PROVIDERS": "CPUExecutionProvider",
             "POLYNL_INTRA_OP_THREADS": str(threads),
             "POLYNL_WORKERS": str(workers),
-            "POLYNL_MAX_BATCH_SIZE": str(max_batch_size),
-            "POLYNL_MAX_WAIT_MS": str(max_wait_ms),
+            **{key: value for key, value in batching.items() if value is not None},
             "POLYNL_QUEUE_SIZE": "1024",
             "POLYNL_REQUEST_TIMEOUT_S": "120",
             "POLYNL_LOG_LEVEL": "warning",
-            # One detector pass per image, as the plain endpoint and LitServe run it: the
-            # comparison is of serving, not of the pyramid's extra passes.
-            "POLYNL_DETECTOR_PYRAMID": "",
+            "POLYNL_DETECTOR_PYRAMID": pyramid,
+            **(env or {}),
         },
         listen_from_env=True,
         ours=True,
+        root=root,
     )
 
 
@@ -240,23 +259,34 @@ def layout(pid: int) -> dict[str, Any]:
     return {"processes": len(procs), "threads": sum(p["threads"] for p in procs), "per_process": procs}
 
 
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its live children (LitServe's workers)."""
-    import psutil
-
+def _stat_fields(pid: int) -> list[str] | None:
     try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` and its live descendants (LitServe's workers, uvicorn's), plus
+    their reaped children's (cutime + cstime), in seconds, from /proc/<pid>/stat."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
+            parents[int(entry.name)] = int(fields[1])  # field 4: ppid
+    family, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent and child not in family]
+        family.update(children)
+        frontier += children
+    ticks = 0
+    for member in family:
+        fields = _stat_fields(member)
+        if fields is not None:
+            ticks += sum(int(value) for value in fields[11:15])  # fields 14-17: utime stime cutime cstime
+    return ticks / CLOCK_TICKS
 
 
 @contextmanager
@@ -264,9 +294,12 @@ def running(spec: ServerSpec, startup_timeout_s: float = 180.0) -> Iterator[Serv
     """Start the server on a free loopback port, wait until ready, yield its URL, stop it."""
     port = free_port()
     command = [sys.executable, *spec.command]
-    env = {**os.environ, **spec.env, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **spec.env, "PYTHONPATH": str(spec.root)}
     if spec.listen_from_env:
-        env.update({"POLYNL_HOST": "127.0.0.1", "POLYNL_PORT": str(port)})
+        # The OIP gRPC server stays on, as deployed, on a free port rather than its default 8001.
+        env.update(
+            {"POLYNL_HOST": "127.0.0.1", "POLYNL_PORT": str(port), "POLYNL_GRPC_PORT": str(free_port())}
+        )
     else:
         command += ["--host", "127.0.0.1", "--port", str(port)]
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -274,7 +307,7 @@ def running(spec: ServerSpec, startup_timeout_s: float = 180.0) -> Iterator[Serv
     with log_path.open("w") as log:
         # Own session: LitServe forks workers; stopping the group stops exactly what we started.
         proc = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=spec.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}"
     try:
