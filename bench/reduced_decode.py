@@ -31,7 +31,6 @@ import argparse
 import copy
 import io
 import json
-import math
 import statistics
 import sys
 import time
@@ -57,8 +56,9 @@ from models.detection_metrics import (
 from models.evaluate import iter_image_folder
 from models.retinaface.synth import box_from_landmarks
 from polynl_core.buckets import DEFAULT_BUCKETS, choose_bucket
-from polynl_core.images import load_image, open_image
+from polynl_core.images import decode_image
 from polynl_core.postprocess import box_iou
+from polynl_core.preprocess import letterbox_needed_size
 from polynl_core.repository import load_repository
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,11 +164,11 @@ def cifar_subset(path: Path, per_class: int, factors: list[int]) -> dict[str, li
 def detector_reduction(data: bytes, buckets: list[tuple[int, int]]) -> int:
     """The factor the service decodes this file down by (the rule of
     ``service.pipelines.DetectorPipeline.needed_size``: the picture as it sits in its bucket)."""
-    image = open_image(data, MAX_PIXELS)
-    width, height = image.size
-    bucket_h, bucket_w = choose_bucket(width, height, buckets)
-    scale = min(1.0, bucket_h / height, bucket_w / width)
-    return load_image(image, MAX_PIXELS, (math.ceil(width * scale), math.ceil(height * scale))).reduction
+
+    def needed(width: int, height: int) -> tuple[int, int]:
+        return letterbox_needed_size(width, height, choose_bucket(width, height, buckets))
+
+    return decode_image(data, MAX_PIXELS, needed).reduction
 
 
 # --- the service -----------------------------------------------------------------------------

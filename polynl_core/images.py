@@ -9,11 +9,12 @@ colour mode (CMYK, 16-bit, palette, alpha, LA, I;16, float...) to 8-bit RGB inst
 rejecting it (transparent pixels are composited on white).
 
 A consumer that needs far fewer pixels than a JPEG has (a 32x32 classifier, a 640x640
-detector bucket, given a 12-megapixel photo) passes ``min_size`` to :func:`load_image`: the
-JPEG is then decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's own scaling,
-through Pillow's ``draft``), the largest reduction that keeps both sides at least
-``min_size``. The result says by how much (``reduction``) and keeps the original size, so
-that coordinates map back exactly.
+detector bucket, given a 12-megapixel photo) passes ``needed`` to :func:`load_image` /
+:func:`decode_image`: given the picture's (width, height) it says the fewest pixels the
+consumer uses (``polynl_core.preprocess``'s ``*_needed_size``), and the JPEG is decoded at 1/2,
+1/4 or 1/8 scale in the DCT domain (libjpeg's own scaling, through Pillow's ``draft``), the
+largest reduction that keeps both sides at least that. The result says by how much
+(``reduction``) and keeps the original size, so that coordinates map back exactly.
 
 Failures raise an :class:`ImageError` whose ``code`` says what went wrong
 (``empty_body``, ``unsupported_image``, ``corrupt_image``, ``image_too_large``);
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,10 @@ class ImageTooLarge(ImageError):
     """More pixels than the limit (checked from the header, before decoding)."""
 
     code = "image_too_large"
+
+
+# (width, height) of a picture -> the fewest (width, height) pixels its consumer needs.
+NeededSize = Callable[[int, int], tuple[int, int]]
 
 
 def is_image_file(path: Path) -> bool:
@@ -116,8 +122,6 @@ def can_reduce(image: Image.Image) -> bool:
 def _reduce_jpeg(image: Image.Image, min_size: tuple[int, int]) -> int:
     """Ask libjpeg for a DCT-scaled decode that keeps both sides >= ``min_size`` (display
     orientation); the reduction it chose (1 when it cannot reduce)."""
-    if not can_reduce(image):
-        return 1
     width, height = min_size
     if _swaps_axes(image):
         width, height = height, width
@@ -205,23 +209,23 @@ def open_image(data: bytes, max_image_pixels: int) -> Image.Image:
     return image
 
 
-def decode_image(data: bytes, max_image_pixels: int) -> DecodedImage:
-    """Bytes -> RGB image, or an :class:`ImageError`."""
-    return load_image(open_image(data, max_image_pixels), max_image_pixels)
+def decode_image(data: bytes, max_image_pixels: int, needed: NeededSize | None = None) -> DecodedImage:
+    """Bytes -> RGB image, or an :class:`ImageError` (``needed``: see :func:`load_image`)."""
+    return load_image(open_image(data, max_image_pixels), max_image_pixels, needed)
 
 
-def load_image(
-    image: Image.Image, max_image_pixels: int, min_size: tuple[int, int] | None = None
-) -> DecodedImage:
+def load_image(image: Image.Image, max_image_pixels: int, needed: NeededSize | None = None) -> DecodedImage:
     """An image from :func:`open_image` -> RGB image, or an :class:`ImageError` (decodes the pixels).
 
-    ``min_size`` (width, height after EXIF orientation): the fewest pixels the caller needs;
-    a JPEG may then be decoded smaller (see the module docstring)."""
+    ``needed``: the fewest pixels the caller uses from a picture of a given (width, height,
+    after EXIF orientation); a JPEG is then decoded no larger (see the module docstring)."""
     image_format = str(image.format or "unknown")
     original_mode = image.mode
     original_size = display_size(image)
     try:
-        reduction = _reduce_jpeg(image, min_size) if min_size is not None else 1
+        reduction = 1
+        if needed is not None and can_reduce(image):
+            reduction = _reduce_jpeg(image, needed(*original_size))
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)  # animated / multi-page: the first frame is the picture
         image.load()

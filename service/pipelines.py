@@ -29,8 +29,6 @@ from polynl_core.buckets import choose_bucket
 from polynl_core.images import (
     DecodedImage,
     ImageError,
-    can_reduce,
-    display_size,
     load_image,
     open_image,
 )
@@ -205,10 +203,10 @@ class ModelPipeline(ABC, Generic[ParamsT, AnswerT]):
         """(network input, scale) for the image: the main input first, then any pyramid
         levels; each scale in input pixels per pixel of the full-size picture."""
 
-    def needed_size(self, width: int, height: int) -> tuple[int, int] | None:
+    def needed_size(self, width: int, height: int) -> tuple[int, int]:
         """The fewest pixels (width, height) :meth:`preprocess` needs from a picture of
-        ``width`` x ``height``: a JPEG is decoded no larger than that (None: full size)."""
-        return None
+        ``width`` x ``height``: a JPEG is decoded no larger than that (default: all of them)."""
+        return width, height
 
     def check(self, params: ParamsT) -> None:
         """Reject parameters this model cannot honour (before any image is decoded)."""
@@ -233,9 +231,8 @@ class ModelPipeline(ABC, Generic[ParamsT, AnswerT]):
     def _finish(self, image: Image.Image, started: float) -> Prepared:
         """Decode the pixels of an opened image (no more of them than the model needs) and
         preprocess them."""
-        reduce = self.settings.reduced_decode and can_reduce(image)
-        min_size = self.needed_size(*display_size(image)) if reduce else None
-        decoded = load_image(image, self.settings.max_image_pixels, min_size)
+        needed = self.needed_size if self.settings.reduced_decode else None
+        decoded = load_image(image, self.settings.max_image_pixels, needed)
         (array, scale), *levels = self.preprocess(decoded)
         return Prepared(
             array=array,
@@ -322,7 +319,7 @@ class ClassifierPipeline(ModelPipeline[ClassifyParams, Classification]):
     def preprocess(self, decoded: DecodedImage) -> list[tuple[np.ndarray, float]]:
         return [(classifier_input(decoded.image, self.config.preprocess), 1.0)]
 
-    def needed_size(self, width: int, height: int) -> tuple[int, int] | None:
+    def needed_size(self, width: int, height: int) -> tuple[int, int]:
         return classifier_needed_size(width, height, self.config.preprocess)
 
     def check(self, params: ClassifyParams) -> None:
@@ -379,7 +376,7 @@ class DetectorPipeline(ModelPipeline[DetectParams, Detection]):
         inputs = pyramid_inputs(decoded.image, bucket, self.config.preprocess, self.pyramid)
         return [(boxed.tensor, boxed.scale / decoded.reduction) for boxed in inputs]
 
-    def needed_size(self, width: int, height: int) -> tuple[int, int] | None:
+    def needed_size(self, width: int, height: int) -> tuple[int, int]:
         return letterbox_needed_size(width, height, choose_bucket(width, height, self.buckets))
 
     def check(self, params: DetectParams) -> None:

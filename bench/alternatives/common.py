@@ -1,6 +1,6 @@
 """What the alternative servers share with ours: the model, its session and the image steps.
 
-Both alternatives (``plain_fastapi``, ``litserve_app``) read the classifier (and the face
+The alternatives (``plain_fastapi``, ``litserve_app``, ``asyncio_batcher``) read the classifier (and the face
 detector, for ``/detect-faces``) from the same
 model repository with the one loader, open ONNX Runtime with the service's own session
 options, and decode / preprocess / post-process with the service's functions. Only the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import onnxruntime as ort
 from polynl_core.buckets import choose_bucket
 from polynl_core.images import decode_image
 from polynl_core.postprocess import faces_to_original, select_faces, softmax, top_k
-from polynl_core.preprocess import classifier_input, letterbox
+from polynl_core.preprocess import classifier_input, classifier_needed_size, letterbox, letterbox_needed_size
 from polynl_core.repository import LoadedModel, load_repository
 from service.runtime import session_options
 from service.settings import Settings
@@ -55,8 +56,11 @@ class Classifier:
 
     def prepare(self, data: bytes) -> np.ndarray:
         """Decode (EXIF, RGB) and preprocess exactly as the service does."""
-        image = decode_image(data, MAX_IMAGE_PIXELS).image
-        return classifier_input(image, self.model.config.preprocess)
+        preprocess = self.model.config.preprocess
+        image = decode_image(
+            data, MAX_IMAGE_PIXELS, partial(classifier_needed_size, preprocess=preprocess)
+        ).image
+        return classifier_input(image, preprocess)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         logits: np.ndarray = self.session.run(None, {self.input_name: batch})[0]
@@ -94,10 +98,14 @@ class Detector:
         self.buckets = list(self.model.config.size_buckets or [(640, 640)])
 
     def prepare(self, data: bytes) -> tuple[np.ndarray, Placement]:
-        decoded = decode_image(data, MAX_IMAGE_PIXELS)
+        decoded = decode_image(data, MAX_IMAGE_PIXELS, self._needed_size)
         bucket = choose_bucket(decoded.width, decoded.height, self.buckets)
         boxed = letterbox(decoded.image, bucket, self.model.config.preprocess)
-        return boxed.tensor, Placement(boxed.scale, decoded.width, decoded.height)
+        # A reduced decode's pixel is ``reduction`` pixels of the picture.
+        return boxed.tensor, Placement(boxed.scale / decoded.reduction, decoded.width, decoded.height)
+
+    def _needed_size(self, width: int, height: int) -> tuple[int, int]:
+        return letterbox_needed_size(width, height, choose_bucket(width, height, self.buckets))
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         values = self.session.run(self.output_names, {self.input_name: batch})

@@ -125,7 +125,7 @@ def test_a_photo_decoded_reduced_gives_its_faces_in_the_full_size_pixels(
     big.save(buffer, "JPEG", quality=92)
     data = buffer.getvalue()
     # Precondition: this 2000x2000 JPEG, letterboxed into 640x640, is decoded at 1/2 scale.
-    assert load_image(open_image(data, 10**8), 10**8, (640, 640)).reduction == 2
+    assert load_image(open_image(data, 10**8), 10**8, lambda width, height: (640, 640)).reduction == 2
 
     response = default_buckets.post("/detect-faces", files={"file": ("big.jpg", data)})
     assert response.status_code == 200, response.text

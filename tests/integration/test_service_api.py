@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ from conftest import SAMPLES, ServerHandle, repository_is_random
 from PIL import Image
 
 from polynl_core.buckets import choose_bucket
-from polynl_core.images import decode_image, display_size, load_image, open_image
+from polynl_core.images import decode_image
 from polynl_core.postprocess import box_iou, faces_to_original, select_faces, softmax
 from polynl_core.preprocess import classifier_input, classifier_needed_size
 from polynl_core.pyramid import DEFAULT_LEVELS, detect_levels, pyramid_inputs
@@ -87,9 +88,8 @@ def test_classification_equals_a_direct_onnxruntime_call(
 
     def served_input(path: Path) -> np.ndarray:
         # As the service decodes: a JPEG no larger than the classifier needs (reduced decode).
-        opened = open_image(path.read_bytes(), 10**8)
-        needed = classifier_needed_size(*display_size(opened), config.preprocess)
-        return classifier_input(load_image(opened, 10**8, needed).image, config.preprocess)
+        needed = partial(classifier_needed_size, preprocess=config.preprocess)
+        return classifier_input(decode_image(path.read_bytes(), 10**8, needed).image, config.preprocess)
 
     batch = np.stack([served_input(p) for p in images])
     (logits,) = direct_session(model_repository, "classifier").run(None, {"images": batch})

@@ -143,7 +143,7 @@ def test_a_jpeg_is_decoded_no_larger_than_needed(
     picture: tuple[int, int],
 ) -> None:
     data = _jpeg(size, orientation)
-    result = load_image(open_image(data, 40_000_000), 40_000_000, min_size)
+    result = load_image(open_image(data, 40_000_000), 40_000_000, lambda width, height: min_size)
     assert (result.reduction, result.image.size, result.size) == (reduction, decoded, picture)
     assert result.image.size[0] >= min_size[0] and result.image.size[1] >= min_size[1]
     full = decode_image(data, 40_000_000)
@@ -156,5 +156,5 @@ def test_a_jpeg_is_decoded_no_larger_than_needed(
 def test_only_jpegs_are_decoded_reduced() -> None:
     out = io.BytesIO()
     Image.new("RGB", (800, 800), (10, 20, 30)).save(out, "PNG")
-    result = load_image(open_image(out.getvalue(), 40_000_000), 40_000_000, (100, 100))
+    result = load_image(open_image(out.getvalue(), 40_000_000), 40_000_000, lambda width, height: (100, 100))
     assert (result.reduction, result.image.size, result.size) == (1, (800, 800), (800, 800))
