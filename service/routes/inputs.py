@@ -138,6 +138,11 @@ async def _read_form(request: Request, settings: Settings) -> list[Upload]:
         await form.close()
     if not uploads:
         raise MissingImage("the form has no 'file' or 'files' field")
+    for index, upload in enumerate(uploads):
+        # An empty part is a broken request (the schema's minLength), not an unreadable image.
+        if not upload.data:
+            where = "the image" if len(uploads) == 1 else f"image {index} of the request"
+            raise EmptyBody(f"{where} is empty (0 bytes)")
     return uploads
 
 
