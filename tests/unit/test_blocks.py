@@ -115,6 +115,7 @@ def test_paper_scalar_form_computes_its_formula_at_full_width() -> None:
     x = torch.randn(2, channels, h, w, dtype=torch.float64)
 
     def project(conv: torch.nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
+        assert conv.bias is not None
         return torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], t) + conv.bias.view(1, -1, 1, 1)
 
     context = (project(block.w2, x) * x).sum(dim=(2, 3), keepdim=True) / (h * w)
