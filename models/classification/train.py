@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.init:
             record["warm_restart_from"] = str(args.init)
         history.append(record)
-        elapsed += time.time() - began
+        elapsed += train_seconds  # training time only, as before: evaluation is not training
         per_epoch = (time.time() - run_began) / (epoch + 1 - start_epoch)
         log.info(
             "epoch %d/%d done in %s (%.0f images/s): %s | ETA %s",
