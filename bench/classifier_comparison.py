@@ -109,8 +109,8 @@ def evaluate_run(final: Path, val: Path, limit: int | None) -> dict[str, Any]:
     }
 
 
-def export_variant(final: Path, folder: Path) -> tuple[Path, int]:
-    """The checkpoint as ONNX through the project's exporter; (path, parameter count)."""
+def export_variant(final: Path, folder: Path) -> tuple[Path, int, tuple[int, int]]:
+    """The checkpoint as ONNX through the project's exporter; (path, parameter count, (H, W))."""
     from export.onnx_export import classifier_spec, export_onnx
     from models.checkpoint import load_model
 
@@ -118,7 +118,7 @@ def export_variant(final: Path, folder: Path) -> tuple[Path, int]:
     height, width = meta.preprocess["size"]
     path = folder / f"{final.parent.name}.onnx"
     export_onnx(model, classifier_spec(height, width), path)
-    return path, sum(p.numel() for p in model.parameters())
+    return path, sum(p.numel() for p in model.parameters()), (int(height), int(width))
 
 
 def summarise(runs: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
@@ -166,8 +166,11 @@ def run_comparison(args: argparse.Namespace) -> dict[str, Any]:
         timed = dict(finals)
         if args.reference is not None and args.reference.is_file():
             timed[REFERENCE] = args.reference
+        input_hw = (32, 32)
         for variant, final in timed.items():
-            path, params = export_variant(final, Path(tmp))
+            path, params, hw = export_variant(final, Path(tmp))
+            if variant != REFERENCE:
+                input_hw = hw  # the trained variants' size; the graphs' H and W are dynamic
             sessions[variant] = make_session(path, args.ort_threads, ["CPUExecutionProvider"])
             exports[variant] = {
                 "parameters": params,
@@ -176,7 +179,7 @@ def run_comparison(args: argparse.Namespace) -> dict[str, Any]:
             }
         rng = np.random.default_rng(0)
         for batch_size in (int(b) for b in args.batches.split(",")):
-            batch = rng.standard_normal((batch_size, 3, 32, 32), dtype=np.float32)
+            batch = rng.standard_normal((batch_size, 3, *input_hw), dtype=np.float32)
             for variant, timing in time_sessions(sessions, batch, args.repeats, 2, args.budget_s).items():
                 latency.append({"variant": variant, "batch": batch_size, **timing})
                 print(
@@ -195,6 +198,7 @@ def run_comparison(args: argparse.Namespace) -> dict[str, Any]:
             "val": str(args.val),
             "val_limit": args.val_limit,
             "ort_threads": args.ort_threads,
+            "input_hw": list(input_hw),
             "latency": "ONNX Runtime CPU, best of the interleaved rounds (median in the rows)",
             "reference": str(args.reference) if args.reference is not None else None,
         },
