@@ -65,3 +65,18 @@ def test_comparison_trains_each_variant_and_seed_then_scores_and_times_them_side
     stamps = [f.stat().st_mtime_ns for f in finals]
     assert main(_argv(tiny)) == 0
     assert [f.stat().st_mtime_ns for f in finals] == stamps
+
+
+def test_cost_benchmark_counts_multiply_adds_by_hand() -> None:
+    """bench.classifier_cost's MAC count, against a hand count on a tiny network."""
+    from torch import nn
+
+    from bench.classifier_cost import forward_macs
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),  # 8x8 outputs x 4 channels x (3 x 3 x 3) = 6,912
+        nn.Conv2d(4, 4, 3, padding=1, groups=2),  # 8x8 x 4 x (2 x 3 x 3) = 4,608
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 10),  # 256 x 10 = 2,560
+    )
+    assert forward_macs(model, 8) == 6_912 + 4_608 + 2_560
