@@ -1,4 +1,5 @@
-"""Benchmark 1: the Poly-NL block against the non-local block, time and peak memory vs input size.
+"""Benchmark 1: the Poly-NL block (both forms) against the non-local block, time and peak memory
+vs input size.
 
 Not on the serving path: it measures the one claim the product is built on, that Poly-NL
 is linear in the number of positions N = H*W while the non-local block is quadratic.
@@ -20,8 +21,14 @@ sizes whose affinity plus softmax (2 * B * N^2 * 4 bytes) exceed ``--memory-budg
 are recorded as "over budget" with the computed bytes, and a size whose first pass exceeds
 ``--time-cap-s`` stops that block/framework from trying larger sizes ("over time").
 
+Blocks (``--blocks``, default all three): ``polynl`` (form ``projected``, C' = C / reduction),
+``polynl-paper-scalar`` (form ``paper-scalar``, full width: three C x C projections, so about
+1.5x the projected form's multiply-adds at reduction 2) and ``nonlocal``. Both Poly-NL forms are
+our reconstruction, after Babiloni et al. (``models/blocks.py``).
+
     python -m bench.blocks                       # C=1024 (ResNet-50 res4), sizes 16..256
     python -m bench.blocks --sizes 16,32 --channels 256 --repeats 2   # a quick smoke run
+    python -m bench.blocks --blocks polynl,polynl-paper-scalar --sizes 16,64   # the two forms only
 """
 
 from __future__ import annotations
@@ -40,7 +47,19 @@ from typing import Any
 
 from bench.machine import machine_info, machine_markdown, write_report
 
-BLOCKS = ("polynl", "nonlocal")
+# benchmark name -> (models.blocks.make_block kind, Poly-NL form)
+BLOCK_KINDS: dict[str, tuple[str, str]] = {
+    "polynl": ("polynl", "projected"),
+    "polynl-paper-scalar": ("polynl", "paper-scalar"),
+    "nonlocal": ("nonlocal", "projected"),
+}
+BLOCKS = tuple(BLOCK_KINDS)
+POLYNL_BLOCKS = ("polynl", "polynl-paper-scalar")
+LABELS = {
+    "polynl": "Poly-NL projected",
+    "polynl-paper-scalar": "Poly-NL paper-scalar",
+    "nonlocal": "non-local",
+}
 FRAMEWORKS = ("torch", "onnxruntime")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -121,13 +140,18 @@ def _build_block(kind: str, channels: int, reduction: int) -> Any:
     from models.blocks import make_block
 
     torch.manual_seed(0)
-    module = make_block(kind, channels, reduction).eval()
-    # A trained block's output BN is not zero; random weights make the whole block do work.
-    bn = module.bn
-    assert isinstance(bn, torch.nn.BatchNorm2d)
+    block, form = BLOCK_KINDS[kind]
+    module = make_block(block, channels, reduction, form).eval()
+    # A trained block's residual branch is open (output BN not zero, or b != 0); random weights
+    # make the whole block do work.
     with torch.no_grad():
-        bn.weight.normal_()
-        bn.bias.normal_()
+        if form == "paper-scalar":
+            module.get_parameter("b").fill_(0.5)
+        else:
+            bn = module.bn
+            assert isinstance(bn, torch.nn.BatchNorm2d)
+            bn.weight.normal_()
+            bn.bias.normal_()
     return module
 
 
@@ -180,15 +204,24 @@ def _measure(args: argparse.Namespace, framework: str, block: str, size: int, on
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def selected_blocks(text: str) -> list[str]:
+    blocks = [b for b in text.split(",") if b]
+    unknown = set(blocks) - set(BLOCKS)
+    if unknown or not blocks:
+        raise SystemExit(f"--blocks: unknown {sorted(unknown)}; expected names from {list(BLOCKS)}")
+    return blocks
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(s) for s in args.sizes.split(",")]
+    blocks = selected_blocks(args.blocks)
     budget = int(args.memory_budget_gib * 2**30)
     rows: list[dict[str, Any]] = []
     stopped: set[tuple[str, str]] = set()  # (block, framework) that went over time or memory
     with tempfile.TemporaryDirectory(prefix="bench-blocks-") as tmp:
-        onnx = {kind: export_block(kind, args.channels, args.reduction, Path(tmp)) for kind in BLOCKS}
+        onnx = {kind: export_block(kind, args.channels, args.reduction, Path(tmp)) for kind in blocks}
         for size in sizes:
-            for block in BLOCKS:
+            for block in blocks:
                 nxn = 2 * affinity_bytes(args.batch, size) if block == "nonlocal" else 0
                 for framework in FRAMEWORKS:
                     row: dict[str, Any] = {
@@ -208,6 +241,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "blocks",
         "settings": {
+            "blocks": blocks,
             "channels": args.channels,
             "inner_channels": max(1, args.channels // args.reduction),
             "reduction": args.reduction,
@@ -230,17 +264,18 @@ def _log(row: dict[str, Any]) -> None:
     time_ms = f"{row['time_ms']:.2f} ms" if row.get("time_ms") is not None else row["status"]
     peak = f"{row['peak_mib']:.1f} MiB" if row.get("peak_mib") is not None else ""
     print(
-        f"{row['block']:>8} {row['framework']:>11} {row['size']:>4}x{row['size']:<4} {time_ms} {peak}",
+        f"{row['block']:>19} {row['framework']:>11} {row['size']:>4}x{row['size']:<4} {time_ms} {peak}",
         flush=True,
     )
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """NonLocal / Poly-NL time and memory at each size and framework (None when NL did not run)."""
+    """NonLocal / Poly-NL time and memory at each size, framework and Poly-NL form (None when NL
+    did not run, or was not selected)."""
     by_key = {(r["block"], r["framework"], r["size"]): r for r in rows}
     out = []
     for (block, framework, size), poly in sorted(by_key.items(), key=lambda kv: (kv[0][2], kv[0][1])):
-        if block != "polynl":
+        if block not in POLYNL_BLOCKS:
             continue
         nl = by_key.get(("nonlocal", framework, size), {})
 
@@ -252,6 +287,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "size": size,
                 "framework": framework,
+                "polynl": block,
                 "time_ratio_nl_over_polynl": ratio("time_ms"),
                 "memory_ratio_nl_over_polynl": ratio("peak_mib"),
                 "nonlocal_status": nl.get("status"),
@@ -262,39 +298,60 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
+    blocks = s.get("blocks", ["polynl", "nonlocal"])
+    names = [LABELS[b] for b in blocks]
     lines = [
-        "## Poly-NL vs non-local block",
+        "## Poly-NL ("
+        + ", ".join(LABELS[b].removeprefix("Poly-NL ") for b in blocks if b in POLYNL_BLOCKS)
+        + " form) vs non-local block",
         "",
-        f"One block, batch {s['batch']}, C = {s['channels']} (C' = {s['inner_channels']}), float32, "
+        f"One block, batch {s['batch']}, C = {s['channels']} (projected Poly-NL and non-local C' = "
+        f"{s['inner_channels']}; Poly-NL paper-scalar full width), float32, "
         f"{s['threads']} thread(s), time = best of up to {s['repeats']} passes after the first. "
         f"Non-local: {s['nonlocal_mode']}. "
         f"Peak memory: {s['peak_memory_method']}. Memory budget for the N x N tensors "
-        f"{s['memory_budget_gib']} GiB, time cap {s['time_cap_s']} s per pass.",
+        f"{s['memory_budget_gib']} GiB, time cap {s['time_cap_s']} s per pass. Both Poly-NL forms are "
+        "our reconstruction, after Babiloni et al.",
         "",
         machine_markdown(report["machine"]),
-        "| H x W | N | framework | Poly-NL ms | NL ms | NL/Poly-NL time | Poly-NL peak MiB | NL peak MiB "
-        "| NL/Poly-NL memory |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| H x W | N | framework | "
+        + " | ".join(f"{n} ms" for n in names)
+        + " | "
+        + " | ".join(f"{n} peak MiB" for n in names)
+        + " |",
+        "|---|---|---|" + "---|" * (2 * len(blocks)),
     ]
     by_key = {(r["block"], r["framework"], r["size"]): r for r in report["rows"]}
 
     def fmt(value: float | None, digits: int = 1) -> str:
         return f"{value:.{digits}f}" if value is not None else "-"
 
-    for ratio in report["ratios"]:
-        size, framework = ratio["size"], ratio["framework"]
-        poly, nl = by_key[("polynl", framework, size)], by_key[("nonlocal", framework, size)]
-        nl_time = fmt(nl["time_ms"], 2) if nl["time_ms"] is not None else _why(nl)
-        nl_mem = fmt(nl["peak_mib"]) if nl["peak_mib"] is not None else _why(nl)
-        lines.append(
-            f"| {size}x{size} | {size * size} | {framework} | {fmt(poly['time_ms'], 2)} | {nl_time} "
-            f"| {fmt(ratio['time_ratio_nl_over_polynl'])} | {fmt(poly['peak_mib'])} | {nl_mem} "
-            f"| {fmt(ratio['memory_ratio_nl_over_polynl'])} |"
-        )
+    sizes = sorted({r["size"] for r in report["rows"]})
+    for size in sizes:
+        for framework in FRAMEWORKS:
+            rows = [by_key.get((b, framework, size)) for b in blocks]
+            if not any(rows):
+                continue
+            times = [fmt(r["time_ms"], 2) if r and r["time_ms"] is not None else _why(r) for r in rows]
+            peaks = [fmt(r["peak_mib"]) if r and r["peak_mib"] is not None else _why(r) for r in rows]
+            lines.append(
+                f"| {size}x{size} | {size * size} | {framework} | " + " | ".join(times + peaks) + " |"
+            )
+    if report["ratios"] and "nonlocal" in blocks:
+        lines += ["", "| H x W | framework | Poly-NL form | NL/Poly-NL time | NL/Poly-NL memory |"]
+        lines.append("|---|---|---|---|---|")
+        for ratio in report["ratios"]:
+            lines.append(
+                f"| {ratio['size']}x{ratio['size']} | {ratio['framework']} | "
+                f"{LABELS[ratio.get('polynl', 'polynl')].removeprefix('Poly-NL ')} | "
+                f"{fmt(ratio['time_ratio_nl_over_polynl'])} | {fmt(ratio['memory_ratio_nl_over_polynl'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def _why(row: dict[str, Any]) -> str:
+def _why(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
     if row["status"] == "over budget":
         return f"over budget ({row['nxn_bytes'] / 2**30:.1f} GiB N x N)"
     if row["status"] == "over time" and row.get("first_ms") is not None:
@@ -310,14 +367,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
     from matplotlib.ticker import NullFormatter
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
-    styles = {"polynl": "-", "nonlocal": "--"}
+    styles = {"polynl": "-", "polynl-paper-scalar": ":", "nonlocal": "--"}
     colors = {"torch": "tab:blue", "onnxruntime": "tab:orange"}
-    for block in BLOCKS:
+    for block in report["settings"].get("blocks", BLOCKS):
         for framework in FRAMEWORKS:
             rows = [r for r in report["rows"] if r["block"] == block and r["framework"] == framework]
             for ax, key in ((ax_t, "time_ms"), (ax_m, "peak_mib")):
                 pts = [(r["positions"], r[key]) for r in rows if r.get(key) is not None]
-                name = "Poly-NL" if block == "polynl" else "non-local"
+                name = LABELS[block]
                 if pts:
                     xs, ys = zip(*pts, strict=True)
                     ax.plot(
@@ -353,7 +410,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(
-        f"Poly-NL vs non-local block, C={s['channels']}, batch {s['batch']}, CPU {s['threads']} threads"
+        f"Poly-NL (our reconstruction) vs non-local block, C={s['channels']}, batch {s['batch']}, "
+        f"CPU {s['threads']} threads"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -367,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels", type=int, default=1024, help="C (1024 = ResNet-50 res4, the paper's spot)"
     )
     parser.add_argument("--reduction", type=int, default=2)
+    parser.add_argument("--blocks", default=",".join(BLOCKS), help=f"comma-separated, from {list(BLOCKS)}")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repeats", type=int, default=5)

@@ -5,7 +5,10 @@ wrapped in a :class:`_Marked` module (:func:`marked_blocks`), so each op the blo
 carries a unique scope segment in its node name (``/.../stride16/__block0__/w1/Conv``).
 :func:`extract_block_functions` then moves those nodes into one ``FunctionProto`` per block
 class (domain :data:`BLOCK_DOMAIN`: ``polynl.PolyNL``, ``polynl.NonLocal``) and replaces them
-with one call node per block instance.
+with one call node per block instance. Both Poly-NL forms (``projected``, ``paper-scalar``) are
+``polynl.PolyNL`` functions: the graph check treats them alike, and the function's doc string
+gives the form's formula. One model holds one form (two forms would trace to different bodies
+of one function, which is refused like any other mismatch).
 
 Why not torch's ``export_modules_as_functions``: in torch 2.13 the pass behind it
 (``_jit_pass_onnx_function_extraction``) intermittently crashes the process with SIGSEGV
@@ -36,8 +39,14 @@ _MARK = "__block{}__"
 
 FUNCTION_DOCS = {
     "PolyNL": (
-        "Poly-NL block (Babiloni et al., ICCV 2021): Y = X + W4((X W1) * mean_n((X W2) * (X W3))), "
-        "BatchNorm folded into W4; linear in the number of positions N = H*W."
+        "Poly-NL block, form 'projected' (our reconstruction, after Babiloni et al., ICCV 2021): "
+        "Y = X + W4((X W1) * mean_n((X W2) * (X W3))), BatchNorm folded into W4; linear in the "
+        "number of positions N = H*W."
+    ),
+    "PolyNL/paper-scalar": (
+        "Poly-NL block, form 'paper-scalar' (our reconstruction, after Babiloni et al., ICCV 2021): "
+        "Y = a*X + b*W3((X W1) * mean_n((X W2) * X)), full channel width; linear in the number of "
+        "positions N = H*W."
     ),
     "NonLocal": (
         "Non-local block (Wang et al., CVPR 2018): softmax(theta phi^T) g, an N x N affinity; "
@@ -67,6 +76,16 @@ class _Marked(nn.Module):
 class MarkedBlock:
     scope: str  # the unique segment in the block's node names
     class_name: str  # PolyNL / NonLocal: the function's name
+    doc: str = ""  # the function's doc string
+
+
+def function_doc(block: nn.Module) -> str:
+    """The doc string of a block's function: its formula (per form, for Poly-NL)."""
+    name = type(block).__name__
+    form = getattr(block, "form", None)
+    if name == "PolyNL" and form not in (None, "projected"):
+        name = f"{name}/{form}"
+    return FUNCTION_DOCS.get(name, "")
 
 
 @contextmanager
@@ -81,7 +100,11 @@ def marked_blocks(module: nn.Module, classes: tuple[type[nn.Module], ...]) -> It
             parent = module.get_submodule(parent_name)
             parent._modules[attribute] = _Marked(block, index)
             swapped.append((parent, attribute, block))
-            marks.append(MarkedBlock(scope=_MARK.format(index), class_name=type(block).__name__))
+            marks.append(
+                MarkedBlock(
+                    scope=_MARK.format(index), class_name=type(block).__name__, doc=function_doc(block)
+                )
+            )
         yield marks
     finally:
         for parent, attribute, block in swapped:
@@ -241,7 +264,7 @@ def extract_block_functions(model: onnx.ModelProto, blocks: list[MarkedBlock], o
                         body,
                         opset_imports=[helper.make_opsetid("", opset)],
                         attributes=[_attribute_name(i) for i in sorted(lifted)],
-                        doc_string=FUNCTION_DOCS.get(class_name, ""),
+                        doc_string=instance.block.doc,
                     )
                 )
             elif _body_signature(body) != signature:

@@ -10,9 +10,10 @@ block wrapped so that its ops carry a unique scope in their names; then
 (``polynl.PolyNL``, ``polynl.NonLocal``: Netron shows the blocks) and leaves one call node per
 block instance, with the block's weights passed in as inputs. Constant folding in eval mode
 folds the block's trailing BatchNorm into its last 1x1 convolution (and every backbone
-BatchNorm into the conv before it), so the Poly-NL function body is
-``Conv x3, Mul, ReduceMean, Mul, Conv, Add``. ONNX Runtime inlines local functions when it
-loads the file, so serving costs nothing.
+BatchNorm into the conv before it), so the body of a Poly-NL function of form ``projected`` is
+``Conv x3, Mul, ReduceMean, Mul, Conv, Add``; form ``paper-scalar`` (no BatchNorm; scalars a and
+b) is ``Mul (a*X), Conv x2, Mul, ReduceMean, Mul, Conv, Mul (b*...), Add``. ONNX Runtime
+inlines local functions when it loads the file, so serving costs nothing.
 
 torch's own ``export_modules_as_functions`` would do the grouping, but in torch 2.13 the pass
 behind it intermittently crashes the process with SIGSEGV (see :mod:`export.block_functions`).

@@ -33,7 +33,7 @@ from export.repository import (
     staging_dir,
     write_triton_config,
 )
-from models.blocks import PolyNL
+from models.blocks import DEFAULT_POLYNL_FORM, PolyNL
 from models.checkpoint import Checkpoint, CheckpointError, load_model
 from polynl_core.buckets import DEFAULT_BUCKETS
 from polynl_core.images import read_rgb
@@ -316,6 +316,7 @@ def _export_checked(
     metadata = {
         "polynl.task": checkpoint.task,
         "polynl.block": plan.facts.block,
+        "polynl.block_form": str(checkpoint.arch.get("block_form", DEFAULT_POLYNL_FORM)),
         "polynl.source_checkpoint_sha256": checkpoint.sha256 or "",
     }
     clock = time.perf_counter()

@@ -5,7 +5,8 @@ A checkpoint is a ``torch.save``d dict::
     {
       "format": "polynl-checkpoint/1",
       "task": "classifier" | "face_detector",
-      "arch": {...},            # the model config (ResNetConfig / RetinaFaceConfig as a dict)
+      "arch": {...},            # the model config (ResNetConfig / ResNet9Config / RetinaFaceConfig
+                                # as a dict; a classifier's "architecture" names its family)
       "state_dict": {...},
       "labels": [...],          # class names (classifier) or ["face"] (detector)
       "preprocess": {...},      # the transform the export writes into config.json
@@ -63,9 +64,12 @@ class Checkpoint:
 def build_model(task: str, arch: dict[str, Any]) -> nn.Module:
     """Rebuild an (untrained) model of ``task`` from its stored config."""
     if task == Task.CLASSIFICATION.model_name:
-        from models.resnet import ResNet, ResNetConfig
+        from models.classifiers import build_classifier, classifier_config
 
-        return ResNet(ResNetConfig.from_dict(arch))
+        try:
+            return build_classifier(classifier_config(arch))
+        except ValueError as exc:
+            raise CheckpointError(f"cannot rebuild the classifier: {exc}") from exc
     if task == Task.FACE_DETECTION.model_name:
         from models.retinaface.net import RetinaFace, RetinaFaceConfig
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.blocks import BLOCK_TYPES, make_block
+from models.blocks import BLOCK_TYPES, DEFAULT_POLYNL_FORM, make_block
 
 
 @dataclass
@@ -34,6 +34,9 @@ class ResNetConfig:
     block_positions: list[str] = field(default_factory=lambda: ["layer3.5"])
     block_reduction: int = 2
     width: int = 64  # channels of the first stage (16 for the CIFAR ResNets)
+    # The Poly-NL form (models/blocks.py); checkpoints written before it existed hold "projected".
+    block_form: str = DEFAULT_POLYNL_FORM
+    architecture: str = "resnet"  # the classifier family (models/classifiers.py); old checkpoints lack it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,7 +164,7 @@ class ResNet(nn.Module):
                     raise ValueError(f"block position {position!r} is past the end of {layer}")
                 channels = stage_out_channels[layer][int(index)]
                 self.context_blocks[position.replace(".", "_")] = make_block(
-                    config.block, channels, config.block_reduction
+                    config.block, channels, config.block_reduction, config.block_form
                 )
 
         self.avgpool = nn.AdaptiveAvgPool2d(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -108,7 +109,12 @@ def load_image_set(
         image_set = read_image_folder(source, size, classes)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, images=image_set.images, labels=image_set.labels, classes=np.array(image_set.classes))
+        # Written under a private name, then renamed: runs started side by side share one cache.
+        partial = cache.with_name(f"{cache.stem}.{os.getpid()}.partial.npz")
+        np.savez(
+            partial, images=image_set.images, labels=image_set.labels, classes=np.array(image_set.classes)
+        )
+        partial.replace(cache)
     return image_set
 
 

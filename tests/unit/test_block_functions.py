@@ -27,20 +27,29 @@ def test_blocks_are_wrapped_for_the_trace_and_put_back_afterwards() -> None:
     assert dict(model.named_modules()) == before
 
 
-@pytest.mark.parametrize("block", ["polynl", "nonlocal"])
+@pytest.mark.parametrize(
+    ("block", "form"),
+    [("polynl", "projected"), ("polynl", "paper-scalar"), ("nonlocal", "projected")],
+    ids=["polynl-projected", "polynl-paper-scalar", "nonlocal"],
+)
 def test_each_block_class_is_one_function_called_once_per_block_and_runs_like_pytorch(
-    block: str, tmp_path: Path
+    block: str, form: str, tmp_path: Path
 ) -> None:
     torch.manual_seed(0)
-    model = cifar_resnet(8, block=block).eval()
-    for module in model.modules():  # non-zero output BN, so the blocks change the result
+    model = cifar_resnet(8, block=block, block_form=form).eval()
+    for module in model.modules():  # non-zero output BN / b, so the blocks change the result
         if isinstance(module, nn.BatchNorm2d):
             module.weight.data.uniform_(0.5, 1.5)
+        if isinstance(module, PolyNL) and module.form == "paper-scalar":
+            module.b.data.fill_(0.5)
     path = tmp_path / "model.onnx"
     exported = export_onnx(model, classifier_spec(32, 32), path)
 
     name = {"polynl": "PolyNL", "nonlocal": "NonLocal"}[block]
     assert [(f.domain, f.name) for f in exported.functions] == [(BLOCK_DOMAIN, name)]
+    if block == "polynl":  # the function's doc gives the form's formula, attributed as ours
+        doc = exported.functions[0].doc_string
+        assert f"form '{form}'" in doc and "our reconstruction, after Babiloni et al." in doc
     calls = [n for n in exported.graph.node if n.domain == BLOCK_DOMAIN]
     assert [n.op_type for n in calls] == [name, name]
     # Nothing of the blocks is left in the main graph, and no initializer is left unread.
@@ -67,6 +76,20 @@ class _TwoDifferentPolyNL(nn.Module):
         return self.normalised(self.plain(self.stem(x)))
 
 
-def test_blocks_of_one_class_that_trace_differently_fail_the_export_clearly(tmp_path: Path) -> None:
+class _TwoPolyNLForms(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.projected = PolyNL(8)
+        self.paper_scalar = PolyNL(8, form="paper-scalar")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.paper_scalar(self.projected(self.stem(x)))
+
+
+@pytest.mark.parametrize("model_cls", [_TwoDifferentPolyNL, _TwoPolyNLForms])
+def test_blocks_of_one_class_that_trace_differently_fail_the_export_clearly(
+    model_cls: type[nn.Module], tmp_path: Path
+) -> None:
     with pytest.raises(ExportError, match="different op sequences"):
-        export_onnx(_TwoDifferentPolyNL().eval(), classifier_spec(16, 16), tmp_path / "m.onnx")
+        export_onnx(model_cls().eval(), classifier_spec(16, 16), tmp_path / "m.onnx")

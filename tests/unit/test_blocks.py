@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import pytest
 import torch
 
-from models.blocks import NonLocal, PolyNL, make_block
+from models.blocks import POLYNL_FORMS, NonLocal, PolyNL, make_block
+
+PaperScalar = functools.partial(PolyNL, form="paper-scalar")
+# Each Poly-NL form, and the non-local baseline: what every block-level property is checked on.
+BLOCKS: list[Callable[..., torch.nn.Module]] = [PolyNL, PaperScalar, NonLocal]
+BLOCK_IDS = ["polynl-projected", "polynl-paper-scalar", "nonlocal"]
 
 
 def _randomise_residual(block: torch.nn.Module) -> None:
-    """Give the zero-initialised output BN a non-trivial affine so the branch is visible."""
+    """Make the residual branch visible: the zero-initialised output BN gets a non-trivial
+    affine (projected Poly-NL, non-local), the paper-scalar form's b a non-zero value."""
+    if isinstance(block, PolyNL) and block.form == "paper-scalar":
+        with torch.no_grad():
+            block.b.fill_(0.7)
+            block.a.fill_(1.3)
+        return
     torch.nn.init.normal_(block.bn.weight)
     torch.nn.init.normal_(block.bn.bias)
 
 
-@pytest.mark.parametrize("block_cls", [PolyNL, NonLocal])
-def test_fresh_block_is_the_identity(block_cls: type[torch.nn.Module]) -> None:
+@pytest.mark.parametrize("block_cls", BLOCKS, ids=BLOCK_IDS)
+def test_fresh_block_is_the_identity(block_cls: Callable[..., torch.nn.Module]) -> None:
     torch.manual_seed(0)
     block = block_cls(32).train()
     x = torch.randn(2, 32, 9, 7)
@@ -24,7 +38,7 @@ def test_fresh_block_is_the_identity(block_cls: type[torch.nn.Module]) -> None:
     assert torch.equal(block(x), x)
 
 
-@pytest.mark.parametrize("block_cls", [PolyNL, NonLocal])
+@pytest.mark.parametrize("block_cls", BLOCKS, ids=BLOCK_IDS)
 @pytest.mark.parametrize("shape", [(1, 6, 1, 1), (3, 10, 5, 7), (2, 16, 13, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_output_keeps_shape_and_dtype_for_odd_sizes(block_cls, shape, dtype) -> None:
@@ -62,7 +76,7 @@ def test_polynl_equals_dot_product_nonlocal_with_diagonal_affinity() -> None:
     assert not torch.allclose(nl(x), poly(x))  # the off-diagonal terms do matter
 
 
-@pytest.mark.parametrize("block_cls", [PolyNL, NonLocal])
+@pytest.mark.parametrize("block_cls", BLOCKS, ids=BLOCK_IDS)
 def test_gradients_reach_every_parameter(block_cls) -> None:
     torch.manual_seed(2)
     block = block_cls(8).train()
@@ -80,6 +94,42 @@ def test_zero_init_block_still_trains_its_output_bn() -> None:
     assert block.bn.bias.grad is not None and block.bn.bias.grad.abs().sum() > 0
 
 
+def test_paper_scalar_block_at_identity_still_trains_b() -> None:
+    """With b = 0 the projections get no gradient yet, but b does, so the branch can open."""
+    block = PaperScalar(8).train()
+    block(torch.randn(2, 8, 4, 4)).square().sum().backward()
+    assert block.b.grad is not None and block.b.grad.abs() > 0
+    assert block.a.grad is not None and block.a.grad.abs() > 0
+
+
+def test_paper_scalar_form_computes_its_formula_at_full_width() -> None:
+    """Y = a*X + b*W3((X W1) * mean_n((X W2) * X)), written out independently with einsum."""
+    torch.manual_seed(3)
+    channels, h, w = 6, 4, 5
+    block = PaperScalar(channels, reduction=3).double().eval()  # reduction is not used by this form
+    _randomise_residual(block)
+    assert block.inner_channels == channels
+    assert {n for n, _ in block.named_parameters()} == {
+        "w1.weight", "w1.bias", "w2.weight", "w2.bias", "w3.weight", "w3.bias", "a", "b",
+    }  # fmt: skip
+    x = torch.randn(2, channels, h, w, dtype=torch.float64)
+
+    def project(conv: torch.nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
+        assert conv.bias is not None
+        return torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], t) + conv.bias.view(1, -1, 1, 1)
+
+    context = (project(block.w2, x) * x).sum(dim=(2, 3), keepdim=True) / (h * w)
+    expected = block.a * x + block.b * project(block.w3, project(block.w1, x) * context)
+    torch.testing.assert_close(block(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_unknown_polynl_form_is_refused() -> None:
+    with pytest.raises(ValueError, match="form"):
+        PolyNL(8, form="paper")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown Poly-NL form"):
+        make_block("polynl", 8, form="paper")
+
+
 def _saved_bytes(block: torch.nn.Module, side: int, channels: int) -> int:
     """Bytes autograd keeps for backward, i.e. the activation memory of a training step."""
     total = 0
@@ -95,9 +145,10 @@ def _saved_bytes(block: torch.nn.Module, side: int, channels: int) -> int:
     return total
 
 
-def test_polynl_memory_grows_linearly_and_nonlocal_quadratically() -> None:
+@pytest.mark.parametrize("form", POLYNL_FORMS)
+def test_polynl_memory_grows_linearly_and_nonlocal_quadratically(form: str) -> None:
     channels = 16
-    poly, nl = PolyNL(channels).train(), NonLocal(channels).train()
+    poly, nl = PolyNL(channels, form=form).train(), NonLocal(channels).train()  # type: ignore[arg-type]
     sides = (16, 32, 64)  # N = 256, 1024, 4096 positions
     poly_bytes = [_saved_bytes(poly, s, channels) for s in sides]
     nl_bytes = [_saved_bytes(nl, s, channels) for s in sides]
@@ -110,15 +161,17 @@ def test_polynl_memory_grows_linearly_and_nonlocal_quadratically() -> None:
 
 
 def test_make_block_builds_each_type_by_name() -> None:
-    assert isinstance(make_block("polynl", 8), PolyNL)
+    assert isinstance(make_block("polynl", 8), PolyNL) and make_block("polynl", 8).form == "projected"
+    assert make_block("polynl", 8, form="paper-scalar").form == "paper-scalar"
     assert isinstance(make_block("nonlocal", 8), NonLocal)
     assert isinstance(make_block("none", 8), torch.nn.Identity)
     with pytest.raises(ValueError, match="unknown block type"):
         make_block("attention", 8)
 
 
-def test_context_norm_option_bounds_the_pooled_context() -> None:
-    block = PolyNL(8, context_norm="l2")
+@pytest.mark.parametrize("form", POLYNL_FORMS)
+def test_context_norm_option_bounds_the_pooled_context(form: str) -> None:
+    block = PolyNL(8, context_norm="l2", form=form)  # type: ignore[arg-type]
     ctx = block.context(torch.randn(2, 8, 5, 5) * 100)
     torch.testing.assert_close(ctx.norm(dim=1), torch.ones(2, 1, 1))
     with pytest.raises(ValueError):

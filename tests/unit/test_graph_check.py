@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 from export.graph_check import check_graph, quadratic_reason
 from export.onnx_export import BLOCK_DOMAIN, OPSET, classifier_spec, export_onnx
+from models.blocks import PolyNL
 from models.resnet import ResNet, cifar_resnet
 
 
@@ -28,6 +29,9 @@ def _with_trained_looking_batchnorm(model: ResNet) -> ResNet:
             module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
             module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
             module.bias.data.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+        if isinstance(module, PolyNL) and module.form == "paper-scalar":
+            module.a.data.fill_(0.9)
+            module.b.data.fill_(0.5)
     return model.eval()
 
 
@@ -36,18 +40,26 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[onnx.M
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("graphs")
     result = {}
-    for block in ("polynl", "nonlocal"):
-        model = _with_trained_looking_batchnorm(cifar_resnet(8, block=block))
-        path = folder / f"{block}.onnx"
-        result[block] = (export_onnx(model, classifier_spec(32, 32), path), path, model)
+    for key, block, form in (
+        ("polynl", "polynl", "projected"),
+        ("polynl-paper-scalar", "polynl", "paper-scalar"),
+        ("nonlocal", "nonlocal", "projected"),
+    ):
+        model = _with_trained_looking_batchnorm(cifar_resnet(8, block=block, block_form=form))
+        path = folder / f"{key}.onnx"
+        result[key] = (export_onnx(model, classifier_spec(32, 32), path), path, model)
     return result
+
+
+POLYNL_KEYS = ("polynl", "polynl-paper-scalar")  # both forms of the block pass the same checks
 
 
 LARGE_INPUT = (2, 3, 512, 512)  # N >= 256*256 positions at each block
 
 
-def test_polynl_blocks_are_local_functions_in_the_polynl_domain(exported):
-    model, _, _ = exported["polynl"]
+@pytest.mark.parametrize("key", POLYNL_KEYS)
+def test_polynl_blocks_are_local_functions_in_the_polynl_domain(exported, key):
+    model, _, _ = exported[key]
     calls = [n for n in model.graph.node if n.domain == BLOCK_DOMAIN]
     assert [n.op_type for n in calls] == ["PolyNL", "PolyNL"]  # layer2.0 and layer3.0
     assert [(f.domain, f.name) for f in model.functions] == [(BLOCK_DOMAIN, "PolyNL")]
@@ -67,8 +79,21 @@ def test_polynl_function_body_is_only_1x1_conv_mul_mean_over_positions_add(expor
     assert list(axes.ints) == [2, 3]
 
 
-def test_polynl_graph_has_no_tensor_quadratic_in_positions(exported):
-    model, _, _ = exported["polynl"]
+def test_paper_scalar_function_body_is_only_1x1_conv_mul_mean_over_positions_add(exported):
+    """a*X, X W1, X W2, (X W2) * X, mean, product, W3, b*..., the sum: no BatchNorm in this form."""
+    model, _, _ = exported["polynl-paper-scalar"]
+    (function,) = model.functions
+    assert Counter(n.op_type for n in function.node) == Counter(
+        {"Conv": 3, "Mul": 4, "ReduceMean": 1, "Add": 1}
+    )
+    (mean,) = [n for n in function.node if n.op_type == "ReduceMean"]
+    axes = next(a for a in mean.attribute if a.name == "axes")
+    assert list(axes.ints) == [2, 3]
+
+
+@pytest.mark.parametrize("key", POLYNL_KEYS)
+def test_polynl_graph_has_no_tensor_quadratic_in_positions(exported, key):
+    model, _, _ = exported[key]
     report = check_graph(model, LARGE_INPUT)
     assert report.ok, report.all_findings
     assert report.block_count("PolyNL") == 2
@@ -91,8 +116,9 @@ def test_nonlocal_baseline_is_detected_as_quadratic(exported):
         assert block.largest_tensor[1][1:] == (block.positions, block.positions)
 
 
-def test_batchnorm_is_folded_into_the_convolutions(exported):
-    model, _, _ = exported["polynl"]
+@pytest.mark.parametrize("key", POLYNL_KEYS)
+def test_batchnorm_is_folded_into_the_convolutions(exported, key):
+    model, _, _ = exported[key]
     report = check_graph(model, LARGE_INPUT)
     assert "BatchNormalization" not in report.op_histogram
     assert "BatchNormalization" not in report.inlined_histogram
@@ -100,8 +126,9 @@ def test_batchnorm_is_folded_into_the_convolutions(exported):
         assert "BatchNormalization" not in body
 
 
-def test_onnx_runtime_matches_pytorch_at_odd_sizes_and_batches(exported):
-    _, path, torch_model = exported["polynl"]
+@pytest.mark.parametrize("key", POLYNL_KEYS)
+def test_onnx_runtime_matches_pytorch_at_odd_sizes_and_batches(exported, key):
+    _, path, torch_model = exported[key]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for shape in [(1, 3, 32, 32), (3, 3, 40, 56)]:
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
