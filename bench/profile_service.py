@@ -21,7 +21,6 @@ import argparse
 import collections
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from bench.wrk import run_wrk
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+PROFILES = ROOT / "runs" / "profile"  # git-ignored: py-spy's raw profiles
 SAMPLES = ROOT / "samples"
 ENDPOINT_IMAGES = {
     "classify": [SAMPLES / "cifar_cat.png", SAMPLES / "cifar_dog.png", SAMPLES / "cifar_ship.png"],
@@ -62,7 +62,11 @@ STEPS: list[tuple[str, tuple[str, ...]]] = [
     ("our middleware", ("service/middleware.py", "service/admission.py")),
     ("HTTP server (uvicorn)", ("uvicorn/", "httptools")),
     ("framework (FastAPI, Starlette)", ("fastapi/", "starlette/")),
-    ("asyncio", ("asyncio/", "uvloop", "selectors.py", "concurrent/futures")),
+    # A pool thread's own frame innermost: handing work over and waiting for the GIL (py-spy
+    # counts a thread blocked on the GIL as active).
+    ("thread pools (hand-offs, GIL waits)", ("concurrent/futures",)),
+    # Innermost frame the loop itself: uvloop's C code (sockets, epoll, callbacks) and asyncio.
+    ("event loop (asyncio, uvloop, sockets)", ("asyncio/", "uvloop", "selectors.py", "Runner.run (")),
 ]
 OTHER = "other"
 
@@ -99,10 +103,11 @@ def profile_one(tree: Tree, endpoint: str, args: argparse.Namespace) -> dict[str
     spec.env["POLYNL_ACCESS_LOG"] = "true"  # as deployed: one access line per request
     spec.env["POLYNL_LOG_LEVEL"] = "info"
     images = ENDPOINT_IMAGES[endpoint]
-    with running(spec) as server, tempfile.TemporaryDirectory() as tmp:
+    PROFILES.mkdir(parents=True, exist_ok=True)
+    with running(spec) as server:
         url = f"{server.url}/{endpoint}?{ENDPOINT_QUERY[endpoint]}"
         run_wrk(url, images, connections=args.connections, duration_s=3)  # warm-up
-        raw = Path(tmp) / "profile.txt"
+        raw = PROFILES / f"{tree.name}-{endpoint}.txt"  # kept for a closer look (collapsed stacks)
         sampler = subprocess.Popen(
             [py_spy(), "record", "-p", str(server.pid), "-r", "200", "-f", "raw", "-o", str(raw),
              "-d", str(round(args.duration)), "--nonblocking", "--subprocesses"],

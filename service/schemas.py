@@ -27,7 +27,11 @@ class ModelRef(BaseModel):
 class Timing(BaseModel):
     """Milliseconds spent per step for this request."""
 
-    decode_ms: float = Field(description="Decoding and preprocessing, summed over the answered images.")
+    decode_ms: float = Field(description="Decoding (bytes to pixels), summed over the answered images.")
+    preprocess_ms: float = Field(
+        description="Preprocessing (pixels to network inputs, detector pyramid levels included), "
+        "summed over the answered images."
+    )
     queue_ms: float = Field(description="Longest wait of one image in the batch queue.")
     inference_ms: float = Field(
         description="Longest ONNX Runtime time serving one of the images (its detector pyramid "

@@ -15,6 +15,7 @@ def timing_of(all_outcomes: Sequence[Outcome], started: float) -> Timing:
     outcomes = [o for o in all_outcomes if isinstance(o, ImageOutcome)]
     return Timing(
         decode_ms=round(sum(o.prepared.decode_ms for o in outcomes), 3),
+        preprocess_ms=round(sum(o.prepared.preprocess_ms for o in outcomes), 3),
         queue_ms=round(max((r.timing.queue_ms for o in outcomes for r in o.all_results), default=0.0), 3),
         # An image's detector pyramid levels are separate ONNX Runtime calls: they add up.
         inference_ms=round(

@@ -182,7 +182,7 @@ def test_json_access_log_lines_carry_request_id_model_status_and_timing(observed
     [access] = [line for line in lines if line.get("request_id") == "json-log-1" and "status" in line]
     assert access["status"] == 200 and access["method"] == "POST" and access["endpoint"] == "/detect-faces"
     assert access["model"] == "face_detector" and access["level"] == "INFO"
-    assert set(access["timing"]) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
+    assert set(access["timing"]) == {"decode_ms", "preprocess_ms", "queue_ms", "inference_ms", "total_ms"}
     assert access["duration_ms"] > 0 and access["time"].endswith("+00:00")
     [missing] = [line for line in lines if line.get("request_id") == "json-log-2" and "status" in line]
     assert missing["status"] == 404 and "model" not in missing

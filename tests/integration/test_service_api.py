@@ -72,7 +72,7 @@ def test_classify_returns_top_k_labels_for_a_real_image(client: httpx.Client, mo
     probabilities = [entry["probability"] for entry in result["top_k"]]
     assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
     assert all(0.0 <= p <= 1.0 for p in probabilities)
-    assert set(body["timing"]) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
+    assert set(body["timing"]) == {"decode_ms", "preprocess_ms", "queue_ms", "inference_ms", "total_ms"}
     assert body["timing"]["total_ms"] >= body["timing"]["inference_ms"] > 0
 
 
