@@ -94,7 +94,7 @@ def read_raw_profile(path: Path) -> collections.Counter[str]:
 def py_spy() -> str:
     found = shutil.which("py-spy") or str(Path(__import__("sys").executable).with_name("py-spy"))
     if not Path(found).exists():
-        raise SystemExit("py-spy is not installed: pip install py-spy (the 'dev' extra has it)")
+        raise SystemExit("py-spy is not installed: pip install '.[bench]' (py-spy is in the bench extra)")
     return found
 
 
