@@ -8,5 +8,8 @@ if [ "$(id -u)" != "0" ]; then
   SUDO="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends "$@"
+# Another apt-get (an earlier installer, the machine's own updates) may hold dpkg's lock for a
+# while: wait for it instead of failing, which would silently skip that suite's tests.
+LOCK_WAIT=(-o DPkg::Lock::Timeout="${APT_LOCK_TIMEOUT_S:-300}")
+$SUDO apt-get "${LOCK_WAIT[@]}" update
+$SUDO apt-get "${LOCK_WAIT[@]}" install -y --no-install-recommends "$@"
