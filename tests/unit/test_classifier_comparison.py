@@ -6,27 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from image_folders import write_two_colour_classes
 
 from bench.classifier_comparison import REFERENCE, main
-
-
-def _write_image_folder(root: Path, per_class: int = 12, size: int = 16) -> None:
-    rng = np.random.default_rng(0)
-    for name, channel in (("blue", 2), ("red", 0)):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-            pixels[..., channel] = rng.integers(160, 255, (size, size), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> dict[str, Path]:
     data = tmp_path / "data"
-    _write_image_folder(data)
+    write_two_colour_classes(data, per_class=12)
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({
         "arch": "resnet9", "width": 4, "size": 16, "batch_size": 8, "lr": 0.1, "schedule": "onecycle",

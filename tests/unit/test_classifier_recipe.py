@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from image_folders import write_two_colour_classes
 from torch import nn
 
 from export.pipeline import ExportFailed, ExportOptions, export_model
@@ -155,20 +154,10 @@ def test_checkpoints_without_architecture_or_form_load_as_projected_resnet(tmp_p
 # --- training: resume -------------------------------------------------------------------------
 
 
-def _write_image_folder(root: Path, per_class: int = 24, size: int = 16) -> None:
-    rng = np.random.default_rng(0)
-    for name, channel in (("blue", 2), ("red", 0)):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-            pixels[..., channel] = rng.integers(160, 255, (size, size), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-
-
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("folder")
-    _write_image_folder(root)
+    write_two_colour_classes(root)
     return root
 
 

@@ -5,25 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from image_folders import write_two_colour_classes
 
 from models.checkpoint import load_model
 from models.train import main as train_main
-
-
-def _write_image_folder(root: Path, per_class: int = 24, size: int = 20) -> None:
-    """Two visually separable classes: reddish and bluish noisy squares of varied sizes."""
-    rng = np.random.default_rng(0)
-    for name, channel in (("blue", 2), ("red", 0)):
-        folder = root / name
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 90, (size + i % 5, size, 3), dtype=np.uint8)
-            pixels[..., channel] = rng.integers(160, 255, pixels.shape[:2], dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
 def _history(checkpoint: Path) -> list[dict]:
@@ -34,7 +21,7 @@ def _history(checkpoint: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("folder")
-    _write_image_folder(root)
+    write_two_colour_classes(root, size=20, varied=True)
     return root
 
 
